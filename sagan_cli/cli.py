@@ -1,0 +1,320 @@
+"""The `sagan` command line: parsing, exit codes and output; the work happens in the library modules."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from . import __version__
+from .config import RESUMABLE_OVERRIDES, TrainConfig, config_differences
+from .errors import EXIT_FAILURE, EXIT_USAGE, SaganError, UsageError
+from .model import SUPPORTED_IMAGE_SIZES, ModelConfig
+
+DEFAULTS = TrainConfig()
+MODEL_DEFAULTS = ModelConfig()
+
+
+def debug_enabled() -> bool:
+    """Tracebacks are shown only with --debug or SAGAN_DEBUG=1."""
+    return os.environ.get("SAGAN_DEBUG", "") not in ("", "0")
+
+
+def error(message: str) -> None:
+    """Print one human line to stderr."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+# Typer >= 0.29 vendors click; older releases use the click package. Find its UsageError either way.
+ClickUsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+class SaganGroup(TyperGroup):
+    """Turns expected failures into one line on stderr and an exit code, for app() and CliRunner alike."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SaganError as exc:
+            error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except ClickUsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            error(f"{exc.format_message()}{hint}")
+            raise typer.Exit(EXIT_USAGE) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if debug_enabled():
+                raise
+            error(f"unexpected {exc.__class__.__name__}: {exc} (run with --debug for a traceback)")
+            raise typer.Exit(EXIT_FAILURE) from None
+
+
+app = typer.Typer(
+    cls=SaganGroup,
+    name="sagan",
+    help="Train Self-Attention GANs, sample and interpolate from them, and score them with FID / IS / KID.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"sagan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks for unexpected errors (or set SAGAN_DEBUG=1)."),
+) -> None:
+    """Train Self-Attention GANs, sample and interpolate from them, and score them with FID / IS / KID.
+
+    Exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 quality gate failed (evaluate),
+    130/143 interrupted by SIGINT/SIGTERM after saving a checkpoint.
+    """
+    if debug:
+        os.environ["SAGAN_DEBUG"] = "1"
+
+
+def _parse_resolutions(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UsageError(f"--attn-res {text!r} is not a comma-separated list of sizes, e.g. 16 or 16,32") from None
+    if not values:
+        raise UsageError("--attn-res needs at least one feature-map size, e.g. 16")
+    return values
+
+
+def _default_d(name: str) -> str:
+    return f"[default: {getattr(DEFAULTS, name)}]"
+
+
+def _resolve_new_config(given: dict[str, Any], model_given: dict[str, Any], conditional: bool) -> TrainConfig:
+    from .data import native_shape
+
+    dataset = given.get("dataset", DEFAULTS.dataset)
+    channels, image_size, num_classes = native_shape(dataset)
+    if conditional and num_classes == 0:
+        raise UsageError(f"--conditional needs a labelled dataset (mnist, fashion-mnist, cifar10); {dataset!r} has no labels")
+    model_values = {"image_size": image_size, "channels": channels, **model_given}
+    model_values["num_classes"] = num_classes if conditional else 0
+    if model_values["image_size"] not in SUPPORTED_IMAGE_SIZES:
+        raise UsageError(
+            f"--image-size {model_values['image_size']} is not supported; use one of {', '.join(map(str, SUPPORTED_IMAGE_SIZES))}"
+        )
+    if model_values["channels"] not in (1, 3):
+        raise UsageError(f"--channels must be 1 or 3, got {model_values['channels']}")
+    try:
+        model = ModelConfig(**model_values)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return TrainConfig(**{**given, "model": model}).validate()
+
+
+def _resolve_resume(
+    target: Path, given: dict[str, Any], model_given: dict[str, Any], conditional: bool | None
+) -> tuple[TrainConfig, Path, Path]:
+    from .rundir import RunDir
+
+    run_path = target.parent.parent if target.suffix == ".safetensors" else target
+    if not run_path.exists():
+        raise UsageError(f"--resume {target}: no such run directory or checkpoint")
+    run = RunDir(run_path)
+    saved = run.read_config()
+    checkpoint = target if target.suffix == ".safetensors" else run.latest_checkpoint()
+    if checkpoint is None:
+        raise UsageError(f"--resume {target}: the run has no complete checkpoint yet; start it again with --force")
+    requested = {k: v for k, v in given.items() if k not in RESUMABLE_OVERRIDES}
+    requested.update({f"model.{k}": v for k, v in model_given.items()})
+    if conditional is not None and conditional != (saved.model.num_classes > 0):
+        requested["model.num_classes"] = "conditional" if conditional else 0
+    differences = config_differences(saved, requested)
+    if differences:
+        listed = "; ".join(f"{key}: run has {old!r}, flags say {new!r}" for key, (old, new) in differences.items())
+        raise UsageError(f"--resume {run_path}: flags conflict with the run's config ({listed}); drop those flags")
+    overrides = {k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES}
+    return saved.with_overrides(**overrides).validate(), run_path, checkpoint
+
+
+@app.command(
+    epilog="Example: sagan train --dataset mnist --attention    (about 15 minutes on a 2-core CPU)",
+)
+def train(
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help=f"mnist, fashion-mnist, cifar10, celeba, or a folder of images {_default_d('dataset')}"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the dataset files are (or are downloaded to) [default: ~/.cache/sagan/datasets]"),
+    download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Allow dataset downloads [default: download]"),
+    attention: Optional[bool] = typer.Option(None, "--attention/--no-attention", help="Self-attention in G and D [default: attention]"),
+    attn_res: Optional[str] = typer.Option(None, "--attn-res", help="Feature-map size(s) that get attention, e.g. 14 or 16,32 [default: image size / 2]"),
+    conditional: Optional[bool] = typer.Option(None, "--conditional", help="Class-conditional: conditional BN in G, projection D"),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help=f"One of {', '.join(map(str, SUPPORTED_IMAGE_SIZES))} [default: the dataset's]"),
+    channels: Optional[int] = typer.Option(None, "--channels", help="1 or 3 [default: the dataset's]"),
+    z_dim: Optional[int] = typer.Option(None, "--z-dim", help=f"Latent size [default: {MODEL_DEFAULTS.z_dim}]"),
+    g_width: Optional[int] = typer.Option(None, "--g-width", help=f"Generator width [default: {MODEL_DEFAULTS.g_width}]"),
+    d_width: Optional[int] = typer.Option(None, "--d-width", help=f"Discriminator width [default: {MODEL_DEFAULTS.d_width}]"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help=f"Training iterations {_default_d('max_steps')}"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=_default_d("batch_size")),
+    lr_g: Optional[float] = typer.Option(None, "--lr-g", help=f"Generator Adam learning rate {_default_d('lr_g')}"),
+    lr_d: Optional[float] = typer.Option(None, "--lr-d", help=f"Discriminator Adam learning rate {_default_d('lr_d')}"),
+    beta1: Optional[float] = typer.Option(None, "--beta1", help=_default_d("beta1")),
+    beta2: Optional[float] = typer.Option(None, "--beta2", help=_default_d("beta2")),
+    d_steps: Optional[int] = typer.Option(None, "--d-steps", help=f"D updates per G update {_default_d('d_steps')}"),
+    ema: Optional[bool] = typer.Option(None, "--ema/--no-ema", help="Keep an EMA copy of G for sampling [default: ema]"),
+    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help=_default_d("ema_decay")),
+    seed: Optional[int] = typer.Option(None, "--seed", help=f"Seed of every random draw {_default_d('seed')}"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps [default: auto]"),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name [default: <dataset>-<attn|noattn>, numbered if taken]"),
+    out: Path = typer.Option(Path("runs"), "--out", help="Folder that holds run directories"),
+    save_every: Optional[int] = typer.Option(None, "--save-every", help=f"Checkpoint every N steps {_default_d('save_every')}"),
+    sample_every: Optional[int] = typer.Option(None, "--sample-every", help=f"Preview grid every N steps {_default_d('sample_every')}"),
+    log_every: Optional[int] = typer.Option(None, "--log-every", help=f"Log line every N steps {_default_d('log_every')}"),
+    keep: Optional[int] = typer.Option(None, "--keep", help=f"Periodic checkpoints kept (final always kept) {_default_d('keep')}"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run: its directory or one of its checkpoints"),
+    force: bool = typer.Option(False, "--force", help="Replace an existing run directory of the same name"),
+) -> None:
+    """Train a SAGAN; prints the final checkpoint's path on stdout."""
+    from .data import load_dataset
+    from .progress import make_reporter
+    from .rundir import RunDir, unique_run_path
+    from .runtime import is_main_process, resolve_device
+    from .train import StopFlag, train as run_training
+
+    local = locals()
+    train_keys = {f.name for f in fields(TrainConfig)} - {"model"}
+    given = {k: local[k] for k in train_keys if local.get(k) is not None}
+    if data_dir is not None:
+        given["data_dir"] = str(data_dir)
+    model_given = {
+        key: value
+        for key, value in {
+            "image_size": image_size,
+            "channels": channels,
+            "z_dim": z_dim,
+            "g_width": g_width,
+            "d_width": d_width,
+            "attention": attention,
+            "attn_resolutions": _parse_resolutions(attn_res),
+        }.items()
+        if value is not None
+    }
+    if resume is not None:
+        config, run_path, checkpoint = _resolve_resume(resume, given, model_given, conditional)
+        if name is not None and name != run_path.name:
+            raise UsageError(f"--name {name!r} conflicts with --resume {resume}; drop --name")
+    else:
+        config, checkpoint = _resolve_new_config(given, model_given, bool(conditional)), None
+        base = name or f"{Path(config.dataset).name or 'data'}-{'attn' if config.model.attention else 'noattn'}"
+        run_path = out / base if name else unique_run_path(out, base)
+    torch_device = resolve_device(config.device)
+    reporter = make_reporter()
+    data = load_dataset(
+        config.dataset,
+        image_size=config.model.image_size,
+        channels=config.model.channels,
+        data_dir=Path(config.data_dir) if config.data_dir else None,
+        download=config.download,
+        log=reporter.log,
+    )
+    if config.model.num_classes and data.labels is None:
+        raise UsageError(f"--conditional needs labels, but {config.dataset!r} has none")
+    if checkpoint is None:
+        run = RunDir.create(run_path, config, force=force, enabled=is_main_process())
+    else:
+        run = RunDir(run_path, enabled=is_main_process())
+        if checkpoint.name == "final.safetensors" and config.max_steps <= _checkpoint_step(checkpoint):
+            raise UsageError(
+                f"{run_path} already finished at step {config.max_steps}; pass a larger --max-steps to train on"
+            )
+        run.write_config(config)
+    reporter.log(f"run {run.path}: {config.dataset} ({data.source}, {len(data)} images), device {torch_device}")
+    stop = StopFlag()
+    _install_signal_handlers(stop)
+    final = run_training(config, data, run, torch_device, reporter, stop=stop, resume_from=checkpoint)
+    if final is not None:
+        print(final)
+
+
+def _checkpoint_step(path: Path) -> int:
+    from .checkpoint import read_checkpoint_info
+
+    return read_checkpoint_info(path).step
+
+
+def _install_signal_handlers(stop: Any) -> None:
+    """First SIGINT/SIGTERM: finish the step, save, exit 130/143. A second SIGINT stops at once."""
+
+    def handle(signal_number: int, frame: object) -> None:
+        if stop.signal_number is not None and signal_number == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.request(signal_number)
+        print(f"\nsignal {signal_number}: saving a checkpoint after this step (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+
+@app.command(epilog="Examples: sagan sample runs/mnist-attn/checkpoints/final.safetensors -n 64 -o grid.png\n\n"
+             "          sagan sample CKPT -n 16 -o digits/ --seed 3")
+def sample(
+    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint written by sagan train"),
+    num: int = typer.Option(64, "-n", "--num", help="How many images"),
+    output: str = typer.Option("samples.png", "-o", "--output", help="A grid image (.png/.jpg/.webp) or a folder DIR/ of single PNGs"),
+    nrow: Optional[int] = typer.Option(None, "--nrow", help="Images per grid row [default: about sqrt(n)]"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the latents: same seed, same images"),
+    truncation: float = typer.Option(1.0, "--truncation", help="Scale latents by T in (0, 1]: lower = cleaner, less varied"),
+    class_index: Optional[int] = typer.Option(None, "--class", help="Class to draw (conditional models only)"),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA generator when the checkpoint has one"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps"),
+    batch_size: int = typer.Option(256, "--batch-size", help="Images generated per forward pass"),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing output files"),
+) -> None:
+    """Draw images from a checkpoint; prints the written path(s) on stdout."""
+    from .outputs import check_output_file, check_output_folder, wants_folder
+    from .sampling import IMAGE_SUFFIXES, sample_from_checkpoint, make_grid, save_image
+
+    if num < 1:
+        raise UsageError(f"-n must be at least 1, got {num}")
+    if nrow is not None and nrow < 1:
+        raise UsageError(f"--nrow must be at least 1, got {nrow}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    path = Path(output)
+    folder = wants_folder(path, output)
+    names = [f"sample_{i:05d}.png" for i in range(num)]
+    if folder:
+        check_output_folder(path, names, force)
+    else:
+        check_output_file(path, IMAGE_SUFFIXES, force)
+    images, info, metadata = sample_from_checkpoint(
+        checkpoint, num, seed=seed, truncation=truncation, class_index=class_index, use_ema=ema,
+        device=device, batch_size=batch_size,
+    )
+    if folder:
+        for i, name_ in enumerate(names):
+            save_image(images[i], path / name_, {**metadata, "index": str(i)})
+        print(path)
+    else:
+        save_image(make_grid(images, nrow), path, metadata)
+        print(path)
+
+
+from . import cli_eval  # noqa: E402,F401  (registers interpolate, evaluate, compare on `app`)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,111 @@
+"""One source of defaults for training: the CLI options, run configs and the Python API read them here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from .errors import UsageError
+from .model import ModelConfig
+
+# Keys of a run that may change on --resume without changing what is being trained.
+RESUMABLE_OVERRIDES = frozenset(
+    {"max_steps", "save_every", "sample_every", "log_every", "keep", "device", "num_workers"}
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run besides the architecture."""
+
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    download: bool = True
+    max_steps: int = 2000
+    batch_size: int = 64
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    d_steps: int = 1
+    ema: bool = True
+    ema_decay: float = 0.999
+    ema_start: int = 0
+    seed: int = 0
+    device: str = "auto"
+    save_every: int = 500
+    sample_every: int = 250
+    log_every: int = 50
+    keep: int = 3
+    num_workers: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (model config nested)."""
+        data = asdict(self)
+        data["model"] = json.loads(self.model.to_json())
+        return data
+
+    def to_json(self) -> str:
+        """Serialise to JSON (round-trips through from_dict)."""
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict; unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training config keys: {unknown}")
+        values = dict(data)
+        if "model" in values:
+            values["model"] = ModelConfig.from_json(json.dumps(values["model"]))
+        return cls(**values)
+
+    def validate(self) -> "TrainConfig":
+        """Check numbers a user typed; raise UsageError naming the value and the fix."""
+        positive = ("max_steps", "batch_size", "d_steps", "save_every", "sample_every", "log_every", "keep")
+        for name in positive:
+            value = getattr(self, name)
+            if value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        for name in ("lr_g", "lr_d"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise UsageError(f"--{name} must be in [0, 1), got {value}")
+        if not 0 <= self.ema_decay < 1:
+            raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if self.seed < 0:
+            raise UsageError(f"--seed must be >= 0, got {self.seed}")
+        if self.num_workers < 0:
+            raise UsageError(f"--num-workers must be >= 0, got {self.num_workers}")
+        return self
+
+    def with_overrides(self, **changes: Any) -> "TrainConfig":
+        """A copy with some fields replaced."""
+        return replace(self, **changes)
+
+
+def config_differences(saved: TrainConfig, requested: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Keys whose requested value differs from a saved run's (model keys as `model.<key>`)."""
+    saved_flat = _flatten(saved.to_dict())
+    return {
+        key: (saved_flat[key], value)
+        for key, value in requested.items()
+        if key in saved_flat and _normalise(saved_flat[key]) != _normalise(value)
+    }
+
+
+def _flatten(data: dict[str, Any]) -> dict[str, Any]:
+    flat = {k: v for k, v in data.items() if k != "model"}
+    flat.update({f"model.{k}": v for k, v in data["model"].items()})
+    return flat
+
+
+def _normalise(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value

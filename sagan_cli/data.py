@@ -1,0 +1,261 @@
+"""Datasets: a registry of named datasets plus image folders, preloaded as uint8 tensors.
+
+Every loader returns `ImageData` whose images are uint8 (N, C, S, S) at the
+requested size and channel count, so training never touches the disk per step.
+"""
+
+from __future__ import annotations
+
+import socket
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as TF
+
+from .errors import DatasetError, UsageError
+from .model import SUPPORTED_IMAGE_SIZES
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+DOWNLOAD_TIMEOUT_SECONDS = 20
+Log = Callable[[str], None]
+
+
+@dataclass
+class ImageData:
+    """A preloaded dataset: uint8 images (N, C, S, S), optional int64 labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    num_classes: int
+    name: str  # what the user asked for: a registry name or a folder path
+    source: str  # where the pixels came from, e.g. "bundled MNIST test digits"
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def data_id(self) -> str:
+        """Identifies the exact pixels (for reference-statistics caches and metadata)."""
+        n, c, s, _ = self.images.shape
+        return f"{self.name}|{self.source}|{n}x{c}x{s}x{s}"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A named dataset: native shape and a loader returning (uint8 N,C,H,W images, labels)."""
+
+    name: str
+    channels: int
+    image_size: int
+    num_classes: int
+    load: Callable[[Path | None, bool, Log], tuple[torch.Tensor, torch.Tensor | None, str]]
+
+
+def default_cache_dir() -> Path:
+    """Where downloads go when no --data-dir is given."""
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "sagan" / "datasets"
+
+
+@contextmanager
+def _download_timeout() -> Iterator[None]:
+    # torchvision's downloads have no timeout: a dropped-packet network would hang forever.
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_SECONDS)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _torchvision_dataset(factory: Callable[..., object], name: str, data_dir: Path | None, download: bool, **kwargs: object) -> object:
+    """Open a torchvision dataset from data_dir (or the cache), downloading if allowed."""
+    root = data_dir or default_cache_dir()
+    try:
+        return factory(root=str(root), download=False, **kwargs)
+    except (RuntimeError, FileNotFoundError, OSError):
+        pass
+    if not download:
+        raise DatasetError(f"{name} not found in {root}; put the torchvision files there or allow downloading (drop --no-download)")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with _download_timeout(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return factory(root=str(root), download=True, **kwargs)
+    except Exception as exc:  # urllib, socket, gdown and integrity errors all mean "no data"
+        raise DatasetError(
+            f"could not download {name} into {root} ({exc.__class__.__name__}); "
+            f"with no network, copy the torchvision {name} files there or pass --data-dir"
+        ) from None
+
+
+def _load_mnist_like(factory_name: str, name: str) -> Callable[[Path | None, bool, Log], tuple[torch.Tensor, torch.Tensor | None, str]]:
+    def load(data_dir: Path | None, download: bool, log: Log) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+        import torchvision.datasets as tvd
+
+        try:
+            dataset = _torchvision_dataset(getattr(tvd, factory_name), name, data_dir, download, train=True)
+        except DatasetError as exc:
+            if name != "mnist" or data_dir is not None:
+                raise
+            from .idx import load_bundled_mnist
+
+            log("notice: MNIST could not be downloaded (offline?); training on the 10,000 bundled MNIST test digits")
+            images, labels = load_bundled_mnist()
+            return images[:, None], labels, "bundled MNIST test digits"
+        return dataset.data[:, None].clone(), dataset.targets.clone(), f"torchvision {factory_name} train"  # type: ignore[attr-defined]
+
+    return load
+
+
+def _load_cifar10(data_dir: Path | None, download: bool, log: Log) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    import torchvision.datasets as tvd
+
+    dataset = _torchvision_dataset(tvd.CIFAR10, "cifar10", data_dir, download, train=True)
+    images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()  # type: ignore[attr-defined]
+    return images, torch.tensor(dataset.targets, dtype=torch.int64), "torchvision CIFAR10 train"  # type: ignore[attr-defined]
+
+
+def _load_celeba(data_dir: Path | None, download: bool, log: Log) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    import torchvision.datasets as tvd
+
+    dataset = _torchvision_dataset(tvd.CelebA, "celeba", data_dir, download, split="train", target_type=[])
+    folder = Path(dataset.root) / dataset.base_folder / "img_align_celeba"  # type: ignore[attr-defined]
+    paths = [folder / name for name in dataset.filename]  # type: ignore[attr-defined]
+    return _SizedPaths(paths), None, "torchvision CelebA train"  # type: ignore[return-value]
+
+
+class _SizedPaths(list):
+    """Marks a list of image paths whose decoding is deferred to `prepare`."""
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec("mnist", 1, 28, 10, _load_mnist_like("MNIST", "mnist")),
+        DatasetSpec("fashion-mnist", 1, 28, 10, _load_mnist_like("FashionMNIST", "fashion-mnist")),
+        DatasetSpec("cifar10", 3, 32, 10, _load_cifar10),
+        DatasetSpec("celeba", 3, 64, 0, _load_celeba),
+    )
+}
+FOLDER_DEFAULT_SIZE = 64
+FOLDER_DEFAULT_CHANNELS = 3
+
+
+def is_folder_dataset(name: str) -> bool:
+    """True when `name` is meant as a path rather than a registered dataset."""
+    return name not in DATASETS and ("/" in name or "\\" in name or name.startswith(".") or Path(name).exists())
+
+
+def native_shape(name: str) -> tuple[int, int, int]:
+    """(channels, image size, classes) a dataset trains at by default."""
+    if name in DATASETS:
+        spec = DATASETS[name]
+        return spec.channels, spec.image_size, spec.num_classes
+    if is_folder_dataset(name):
+        return FOLDER_DEFAULT_CHANNELS, FOLDER_DEFAULT_SIZE, 0
+    raise UsageError(f"unknown dataset {name!r}; use one of {', '.join(DATASETS)} or a path to a folder of images")
+
+
+def resize_images(images: torch.Tensor, channels: int, image_size: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> uint8 (N, channels, S, S): channel conversion, shorter side to S, centre crop."""
+    if images.shape[1] != channels:
+        if channels == 3:
+            images = images.expand(-1, 3, -1, -1)
+        else:  # ITU-R 601 luma, as PIL's convert("L")
+            weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            images = (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    if images.shape[-2:] != (image_size, image_size):
+        images = TF.resize(images, image_size, antialias=True)
+        images = TF.center_crop(images, [image_size, image_size])
+    return images.contiguous()
+
+
+def _pil_to_tensor(image: Image.Image, channels: int, image_size: int) -> torch.Tensor:
+    mode = "L" if channels == 1 else "RGB"
+    if image.mode in ("RGBA", "LA", "P") and mode == "RGB":
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    image = image.convert(mode)
+    tensor = TF.pil_to_tensor(image)  # (C, H, W) uint8
+    return resize_images(tensor[None], channels, image_size)[0]
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Image files under a folder, recursively, in a stable order."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def load_image_paths(paths: list[Path], channels: int, image_size: int, log: Log, what: str) -> torch.Tensor:
+    """Decode image files into uint8 (N, C, S, S), skipping unreadable ones with one warning."""
+    tensors, skipped = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.load()
+                tensors.append(_pil_to_tensor(image, channels, image_size))
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            skipped.append(path)
+    if skipped:
+        log(f"warning: skipped {len(skipped)} unreadable image(s) in {what}, e.g. {skipped[0]}")
+    if not tensors:
+        raise DatasetError(f"no readable image in {what} ({len(paths)} file(s) tried)")
+    return torch.stack(tensors)
+
+
+def load_folder(folder: Path, channels: int, image_size: int, log: Log) -> ImageData:
+    """All readable images under a folder, recursively, as one preloaded uint8 tensor."""
+    if not folder.exists():
+        raise DatasetError(f"dataset folder not found: {folder}")
+    if not folder.is_dir():
+        raise DatasetError(f"dataset path {folder} is not a folder; pass a folder of images")
+    paths = find_images(folder)
+    if not paths:
+        raise DatasetError(f"no images in {folder} (looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
+    images = load_image_paths(paths, channels, image_size, log, str(folder))
+    return ImageData(images, None, 0, str(folder), f"image folder ({len(images)} images)")
+
+
+def load_dataset(
+    name: str,
+    *,
+    image_size: int | None = None,
+    channels: int | None = None,
+    data_dir: Path | None = None,
+    download: bool = True,
+    log: Log = lambda message: None,
+) -> ImageData:
+    """Load a registered dataset or an image folder as uint8 (N, C, S, S) at the requested shape."""
+    native_channels, native_size, num_classes = native_shape(name)
+    channels = channels or native_channels
+    image_size = image_size or native_size
+    if image_size not in SUPPORTED_IMAGE_SIZES:
+        raise UsageError(f"image size {image_size} is not supported; use one of {', '.join(map(str, SUPPORTED_IMAGE_SIZES))}")
+    if channels not in (1, 3):
+        raise UsageError(f"channels must be 1 or 3, got {channels}")
+    if name not in DATASETS:
+        return load_folder(Path(name), channels, image_size, log)
+    raw, labels, source = DATASETS[name].load(data_dir, download, log)
+    if isinstance(raw, _SizedPaths):
+        images = load_image_paths(list(raw), channels, image_size, log, name)
+    else:
+        images = resize_images(raw, channels, image_size)
+    return ImageData(images, labels, num_classes, name, source)
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255], rounded."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

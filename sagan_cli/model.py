@@ -1,0 +1,290 @@
+"""The SAGAN model: self-attention, generator and discriminator.
+
+Pure module: tensors in, tensors out. No file I/O, printing or device choice.
+Follows Zhang et al. 2018 (arXiv 1805.08318) and the official code: spectral
+norm on every conv/linear of G and D, residual up/down blocks, BatchNorm in G
+(conditional BatchNorm when class-conditional), a projection discriminator,
+and self-attention blocks whose gate gamma starts at 0.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+# Bottom (first) feature-map size of G / last of D for each supported image size.
+# 28 = 7 * 2^2 (MNIST native); the others are powers of two over 4x4.
+BOTTOM_RESOLUTION = {28: 7, 32: 4, 64: 4, 128: 4, 256: 4}
+SUPPORTED_IMAGE_SIZES = tuple(sorted(BOTTOM_RESOLUTION))
+MAX_CHANNEL_MULT = 8
+
+
+def feature_resolutions(image_size: int) -> list[int]:
+    """Feature-map sizes of G's blocks, bottom to top (e.g. 28 -> [7, 14, 28])."""
+    if image_size not in BOTTOM_RESOLUTION:
+        raise ValueError(f"image size {image_size} is not supported; use one of {SUPPORTED_IMAGE_SIZES}")
+    resolutions = [BOTTOM_RESOLUTION[image_size]]
+    while resolutions[-1] < image_size:
+        resolutions.append(resolutions[-1] * 2)
+    return resolutions
+
+
+def default_attention_resolutions(image_size: int) -> tuple[int, ...]:
+    """Where attention goes by default: the feature map at half the image size."""
+    return (image_size // 2,)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a SAGAN; stored as JSON in every checkpoint."""
+
+    image_size: int = 28
+    channels: int = 1  # 1 (grayscale) or 3 (RGB)
+    z_dim: int = 128
+    g_width: int = 32  # G channels at the top block; lower blocks double up to 8x
+    d_width: int = 32  # D channels at the first block; deeper blocks double up to 8x
+    attention: bool = True
+    attn_resolutions: tuple[int, ...] = field(default_factory=tuple)  # empty = default placement
+    num_classes: int = 0  # > 0: class-conditional (conditional BN in G, projection D)
+
+    def __post_init__(self) -> None:
+        resolutions = feature_resolutions(self.image_size)
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        for name in ("z_dim", "g_width", "d_width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+        attn = tuple(int(r) for r in self.attn_resolutions) or default_attention_resolutions(self.image_size)
+        object.__setattr__(self, "attn_resolutions", attn)
+        bad = [r for r in attn if r not in resolutions[1:]]
+        if bad:
+            raise ValueError(
+                f"attention resolution(s) {bad} do not exist for image size {self.image_size}; "
+                f"choose from {resolutions[1:]}"
+            )
+
+    @property
+    def active_attn_resolutions(self) -> tuple[int, ...]:
+        """Resolutions that actually carry an attention block (none when attention is off)."""
+        return self.attn_resolutions if self.attention else ()
+
+    def to_json(self) -> str:
+        """Serialise to a JSON string (round-trips through from_json)."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        """Parse a config; unknown keys are an error, missing keys take defaults."""
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValueError("model config must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {unknown}")
+        if "attn_resolutions" in raw:
+            raw["attn_resolutions"] = tuple(raw["attn_resolutions"])
+        return cls(**raw)
+
+
+def sn_conv(in_ch: int, out_ch: int, kernel_size: int, padding: int = 0, bias: bool = True) -> nn.Module:
+    return spectral_norm(nn.Conv2d(in_ch, out_ch, kernel_size, padding=padding, bias=bias))
+
+
+def sn_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Module:
+    return spectral_norm(nn.Linear(in_features, out_features, bias=bias))
+
+
+class SelfAttention(nn.Module):
+    """SAGAN self-attention: o = x + gamma * W_v(softmax(f(x)^T g(x)) h(x)).
+
+    Query f, key g and value h are 1x1 convs to C/8 channels (the paper's C-bar,
+    k = 8), so all three share a head dimension and scaled_dot_product_attention
+    can use its fused kernel (no N x N map in memory). Scale is 1, as in the paper
+    (no 1/sqrt(d)). gamma starts at 0, so the block is the identity at init.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.inner = max(1, channels // 8)
+        self.query = sn_conv(channels, self.inner, 1, bias=False)
+        self.key = sn_conv(channels, self.inner, 1, bias=False)
+        self.value = sn_conv(channels, self.inner, 1, bias=False)
+        self.out = sn_conv(self.inner, channels, 1, bias=False)
+        self.gamma = nn.Parameter(torch.zeros(()))
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, _, h, w = x.shape
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(b, 1, self.inner, h * w).transpose(-1, -2)  # (B, 1, N, C/8)
+
+        return heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape  # (B, C, H, W)
+        q, k, v = self._qkv(x)
+        attended = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # (B, 1, N, C/8)
+        attended = attended.transpose(-1, -2).reshape(b, self.inner, h, w)  # (B, C/8, H, W)
+        return x + self.gamma * self.out(attended)
+
+    def attention_map(self, x: torch.Tensor, query_index: int) -> torch.Tensor:
+        """Attention weights of one query position over all positions: (B, H, W)."""
+        b, _, h, w = x.shape
+        if not 0 <= query_index < h * w:
+            raise ValueError(f"query index {query_index} outside the {h}x{w} feature map")
+        q, k, _ = self._qkv(x)
+        scores = q[:, 0, query_index : query_index + 1] @ k[:, 0].transpose(-1, -2)  # (B, 1, N)
+        return scores.softmax(dim=-1).reshape(b, h, w)
+
+
+class ConditionalBatchNorm2d(nn.Module):
+    """BatchNorm whose scale and shift are looked up per class (unconditional when num_classes=0)."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.bn = nn.BatchNorm2d(channels, affine=num_classes == 0)
+        if num_classes > 0:
+            self.scale = nn.Embedding(num_classes, channels)
+            self.shift = nn.Embedding(num_classes, channels)
+            nn.init.ones_(self.scale.weight)
+            nn.init.zeros_(self.shift.weight)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        out = self.bn(x)
+        if self.num_classes == 0:
+            return out
+        assert y is not None, "conditional BatchNorm needs labels"
+        return out * self.scale(y)[:, :, None, None] + self.shift(y)[:, :, None, None]
+
+
+class GeneratorBlock(nn.Module):
+    """Residual up-block: BN-ReLU-up-conv3-BN-ReLU-conv3, shortcut up-conv1. (B,Cin,H,W)->(B,Cout,2H,2W)."""
+
+    def __init__(self, in_ch: int, out_ch: int, num_classes: int) -> None:
+        super().__init__()
+        self.bn1 = ConditionalBatchNorm2d(in_ch, num_classes)
+        self.conv1 = sn_conv(in_ch, out_ch, 3, padding=1)
+        self.bn2 = ConditionalBatchNorm2d(out_ch, num_classes)
+        self.conv2 = sn_conv(out_ch, out_ch, 3, padding=1)
+        self.shortcut = sn_conv(in_ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        h = F.interpolate(F.relu(self.bn1(x, y)), scale_factor=2, mode="nearest")
+        h = self.conv2(F.relu(self.bn2(self.conv1(h), y)))
+        return h + self.shortcut(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class DiscriminatorBlock(nn.Module):
+    """Residual down-block: (ReLU)-conv3-ReLU-conv3-avgpool, shortcut conv1-avgpool. (B,Cin,H,W)->(B,Cout,H/2,W/2)."""
+
+    def __init__(self, in_ch: int, out_ch: int, first: bool) -> None:
+        super().__init__()
+        self.first = first  # the first block sees images: no ReLU before its first conv
+        self.conv1 = sn_conv(in_ch, out_ch, 3, padding=1)
+        self.conv2 = sn_conv(out_ch, out_ch, 3, padding=1)
+        self.shortcut = sn_conv(in_ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x if self.first else F.relu(x)
+        h = F.avg_pool2d(self.conv2(F.relu(self.conv1(h))), 2)
+        if self.first:  # pool then conv: same result for a 1x1 conv, 4x cheaper
+            return h + self.shortcut(F.avg_pool2d(x, 2))
+        return h + F.avg_pool2d(self.shortcut(x), 2)
+
+
+def _width(base: int, blocks_from_top: int) -> int:
+    return base * min(MAX_CHANNEL_MULT, 2**blocks_from_top)
+
+
+class Generator(nn.Module):
+    """z (B, z_dim) [+ labels (B,)] -> images (B, C, S, S) in [-1, 1]."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        resolutions = feature_resolutions(config.image_size)  # e.g. [7, 14, 28]
+        n_blocks = len(resolutions) - 1
+        widths = [_width(config.g_width, n_blocks - i) for i in range(n_blocks + 1)]  # bottom..top
+        self.bottom = resolutions[0]
+        self.bottom_width = widths[0]
+        self.project = sn_linear(config.z_dim, widths[0] * self.bottom**2)
+        self.blocks = nn.ModuleList(
+            GeneratorBlock(widths[i], widths[i + 1], config.num_classes) for i in range(n_blocks)
+        )
+        self.attention = nn.ModuleDict(
+            {
+                str(res): SelfAttention(widths[i + 1])
+                for i, res in enumerate(resolutions[1:])
+                if res in config.active_attn_resolutions
+            }
+        )
+        self.out_bn = nn.BatchNorm2d(widths[-1])
+        self.out_conv = sn_conv(widths[-1], config.channels, 3, padding=1)
+        self.resolutions = resolutions
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.project(z).view(z.shape[0], self.bottom_width, self.bottom, self.bottom)  # (B, C0, r0, r0)
+        for block, res in zip(self.blocks, self.resolutions[1:]):
+            h = block(h, y)  # (B, C, res, res)
+            if str(res) in self.attention:
+                h = self.attention[str(res)](h)
+        return torch.tanh(self.out_conv(F.relu(self.out_bn(h))))  # (B, channels, S, S)
+
+
+class Discriminator(nn.Module):
+    """images (B, C, S, S) [+ labels (B,)] -> scores (B,); projection term when conditional."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        resolutions = feature_resolutions(config.image_size)[::-1]  # e.g. [28, 14, 7]
+        n_blocks = len(resolutions) - 1
+        widths = [config.channels] + [_width(config.d_width, i) for i in range(n_blocks)]
+        self.blocks = nn.ModuleList(DiscriminatorBlock(widths[i], widths[i + 1], first=i == 0) for i in range(n_blocks))
+        self.attention = nn.ModuleDict(
+            {
+                str(res): SelfAttention(widths[i + 1])
+                for i, res in enumerate(resolutions[1:])
+                if res in config.active_attn_resolutions
+            }
+        )
+        self.resolutions = resolutions
+        self.linear = sn_linear(widths[-1], 1)
+        if config.num_classes > 0:
+            self.embed = spectral_norm(nn.Embedding(config.num_classes, widths[-1]))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = x
+        for block, res in zip(self.blocks, self.resolutions[1:]):
+            h = block(h)  # (B, C, res, res)
+            if str(res) in self.attention:
+                h = self.attention[str(res)](h)
+        h = F.relu(h).sum(dim=(2, 3))  # (B, C_last): global sum pooling
+        score = self.linear(h).squeeze(1)  # (B,)
+        if self.config.num_classes > 0:
+            assert y is not None, "a conditional discriminator needs labels"
+            score = score + (self.embed(y) * h).sum(dim=1)  # projection term
+        return score
+
+
+def attention_gammas(module: nn.Module) -> dict[str, float]:
+    """The gate value of every attention block, keyed by its feature-map size ("14", ...)."""
+    return {
+        name.rsplit(".", 1)[-1]: float(m.gamma.detach())
+        for name, m in module.named_modules()
+        if isinstance(m, SelfAttention)
+    }
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

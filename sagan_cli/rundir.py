@@ -1,0 +1,147 @@
+"""The run directory: config, metrics, preview grids and checkpoints of one training run.
+
+Layout::
+
+    runs/<name>/config.json            resolved training config (model config nested)
+    runs/<name>/metrics.jsonl          one JSON object per logged step
+    runs/<name>/samples/step_000250.png
+    runs/<name>/checkpoints/step_000500.safetensors, final.safetensors
+
+Only the main process (rank 0) writes; other ranks get a RunDir with enabled=False.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .checkpoint import atomic_write_bytes, read_checkpoint_info
+from .config import TrainConfig
+from .errors import CheckpointError, UsageError
+from .sampling import save_image
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+STEP_PATTERN = re.compile(r"^step_(\d+)\.safetensors$")
+FINAL_NAME = "final"
+
+
+class RunDir:
+    """Reads and writes the files of one run; writes are no-ops when `enabled` is False."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        self.checkpoints = self.path / "checkpoints"
+        self.samples = self.path / "samples"
+
+    @classmethod
+    def create(cls, path: Path, config: TrainConfig, force: bool = False, enabled: bool = True) -> "RunDir":
+        """Start a new run directory; an existing run is only replaced with force."""
+        run = cls(path, enabled)
+        if enabled:
+            if run.path.exists() and any(run.path.iterdir()):
+                if not force:
+                    raise UsageError(
+                        f"run directory {run.path} already exists; continue it with --resume {run.path}, "
+                        "choose another --name, or pass --force to replace it"
+                    )
+                if not (run.path / CONFIG_FILE).exists():
+                    raise UsageError(f"{run.path} exists and is not a sagan run; refusing to replace it even with --force")
+                shutil.rmtree(run.path)
+            run.checkpoints.mkdir(parents=True, exist_ok=True)
+            run.samples.mkdir(parents=True, exist_ok=True)
+            run.write_config(config)
+        return run
+
+    def write_config(self, config: TrainConfig) -> None:
+        if self.enabled:
+            atomic_write_bytes(self.path / CONFIG_FILE, (config.to_json() + "\n").encode())
+
+    def read_config(self) -> TrainConfig:
+        """The config a run was started with."""
+        config_path = self.path / CONFIG_FILE
+        try:
+            return TrainConfig.from_dict(json.loads(config_path.read_text()))
+        except FileNotFoundError:
+            raise UsageError(f"{self.path} is not a sagan run directory (no {CONFIG_FILE})") from None
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"{config_path} is damaged ({exc}); fix or remove it") from None
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with (self.path / METRICS_FILE).open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def write_sample_grid(self, step: int, grid: torch.Tensor, metadata: dict[str, str] | None = None) -> None:
+        if self.enabled:
+            save_image(grid, self.samples / f"step_{step:06d}.png", metadata)
+
+    @staticmethod
+    def step_name(step: int) -> str:
+        return f"step_{step:06d}"
+
+    def write_checkpoint(self, name: str, write: Callable[[Path], Path]) -> Path | None:
+        """Let `write` produce checkpoints/<name>.safetensors (atomically); None on non-writing ranks."""
+        if not self.enabled:
+            return None
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        return write(self.checkpoints / f"{name}.safetensors")
+
+    def step_checkpoints(self) -> list[Path]:
+        """Periodic checkpoints, oldest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.checkpoints.iterdir() if (m := STEP_PATTERN.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def prune_checkpoints(self, keep: int) -> None:
+        """Delete all but the newest `keep` periodic checkpoints (final is never deleted)."""
+        if self.enabled:
+            for old in self.step_checkpoints()[:-keep]:
+                old.unlink(missing_ok=True)
+
+    def latest_checkpoint(self) -> Path | None:
+        """The readable checkpoint with the highest step (final included), or None."""
+        candidates = self.step_checkpoints()
+        final = self.checkpoints / f"{FINAL_NAME}.safetensors"
+        if final.exists():
+            candidates.append(final)
+        best: tuple[int, Path] | None = None
+        for path in candidates:
+            try:
+                step = read_checkpoint_info(path).step
+            except CheckpointError:
+                continue  # e.g. a file damaged by hand; atomic writes never leave one behind
+            if best is None or step >= best[0]:
+                best = (step, path)
+        return best[1] if best else None
+
+
+def find_latest_checkpoint(runs_root: Path) -> Path | None:
+    """The newest checkpoint of the most recently modified run under runs_root."""
+    if not runs_root.is_dir():
+        return None
+    runs = sorted(
+        (p for p in runs_root.iterdir() if (p / CONFIG_FILE).exists()),
+        key=lambda p: max((f.stat().st_mtime for f in (p / "checkpoints").glob("*.safetensors")), default=0.0),
+        reverse=True,
+    )
+    for run in runs:
+        checkpoint = RunDir(run).latest_checkpoint()
+        if checkpoint is not None:
+            return checkpoint
+    return None
+
+
+def unique_run_path(root: Path, base_name: str) -> Path:
+    """root/base_name, or root/base_name-2, -3, ... if taken."""
+    candidate, number = root / base_name, 2
+    while candidate.exists():
+        candidate, number = root / f"{base_name}-{number}", number + 1
+    return candidate

@@ -1,0 +1,284 @@
+"""Training: hinge loss, Adam (TTUR-capable), EMA generator, exact resume.
+
+Every random draw of a step comes from a generator seeded by (seed, step), and
+the data order of an epoch from (seed, epoch), so a resumed run needs no RNG
+state and continues bit for bit. Batches are chosen by dataset index, which
+is what a DistributedSampler-style shard by rank needs later.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_module_state, load_optimizer_state, read_checkpoint_info, save_checkpoint
+from .config import TrainConfig
+from .data import ImageData, to_model_range
+from .errors import DivergenceError, Interrupted, UsageError
+from .errors import EXIT_SIGINT, EXIT_SIGTERM
+from .model import Discriminator, Generator, attention_gammas
+from .rundir import RunDir
+from .runtime import preferred_memory_format
+from .sampling import generate, make_grid, sample_labels, sample_latents
+
+STREAM_LATENTS, STREAM_LABELS = 0, 1
+PREVIEW_SAMPLES = 64
+
+
+class Reporter(Protocol):
+    """What the trainer tells the outside world; the CLI implements it with Rich or plain lines."""
+
+    def start(self, total_steps: int, first_step: int) -> None: ...
+    def step(self, step: int, stats: dict[str, float]) -> None: ...
+    def log(self, message: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class StopFlag:
+    """Set by a signal handler; the loop checks it between steps and saves before exiting."""
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+
+    def request(self, signal_number: int) -> None:
+        self.signal_number = signal_number
+
+
+@dataclass
+class TrainState:
+    """Models, optimizers and counters: everything a checkpoint restores."""
+
+    generator: Generator
+    discriminator: Discriminator
+    generator_ema: Generator | None
+    optimizer_g: torch.optim.Optimizer
+    optimizer_d: torch.optim.Optimizer
+    step: int = 0
+    train_seconds: float = 0.0
+
+
+def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    """A CPU generator for one purpose at one step: no RNG state to carry across a resume."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 16 + stream)
+
+
+def batch_indices(batch_number: int, dataset_size: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Dataset indices of the n-th batch: epoch-wise permutations from (seed, epoch), last partial batch dropped."""
+    per_epoch = dataset_size // batch_size
+    epoch, position = divmod(batch_number, per_epoch)
+    order = torch.randperm(dataset_size, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    return order[position * batch_size : (position + 1) * batch_size]
+
+
+def build_state(config: TrainConfig, device: torch.device) -> TrainState:
+    """Fresh models and optimizers, initialised from the run's seed."""
+    torch.manual_seed(config.seed)
+    memory_format = preferred_memory_format(device)
+    generator = Generator(config.model).to(device, memory_format=memory_format)
+    discriminator = Discriminator(config.model).to(device, memory_format=memory_format)
+    generator_ema = copy.deepcopy(generator).eval().requires_grad_(False) if config.ema else None
+    optimizer_g = torch.optim.Adam(generator.parameters(), lr=config.lr_g, betas=(config.beta1, config.beta2))
+    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=(config.beta1, config.beta2))
+    return TrainState(generator, discriminator, generator_ema, optimizer_g, optimizer_d)
+
+
+def restore_state(state: TrainState, checkpoint: Path) -> None:
+    """Load a full training checkpoint into a freshly built state."""
+    info = read_checkpoint_info(checkpoint)
+    if not info.has_training_state:
+        raise UsageError(f"{checkpoint} holds no training state (discriminator/optimizers); it cannot be resumed")
+    load_module_state(state.generator, checkpoint, "generator")
+    load_module_state(state.discriminator, checkpoint, "discriminator")
+    if state.generator_ema is not None:
+        load_module_state(state.generator_ema, checkpoint, "generator_ema" if info.has_ema else "generator")
+    load_optimizer_state(state.optimizer_g, checkpoint, info, "optimizer_g")
+    load_optimizer_state(state.optimizer_d, checkpoint, info, "optimizer_d")
+    state.step, state.train_seconds = info.step, info.train_seconds
+
+
+@torch.no_grad()
+def update_ema(ema: Generator, model: Generator, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model for parameters; buffers (BN stats, SN vectors) copied."""
+    ema_params, params = list(ema.parameters()), list(model.parameters())
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
+        ema_buffer.copy_(buffer)
+
+
+def ema_decay_at(step: int, config: TrainConfig) -> float:
+    """EMA decay with warm-up ((1+t)/(10+t)): early averages do not drag in the random init."""
+    if step < config.ema_start:
+        return 0.0
+    return min(config.ema_decay, (1.0 + step) / (10.0 + step))
+
+
+def train_step(state: TrainState, data: ImageData, config: TrainConfig, device: torch.device) -> dict[str, torch.Tensor]:
+    """One iteration: d_steps discriminator updates, then one generator update, hinge loss."""
+    G, D = state.generator, state.discriminator
+    model = config.model
+    memory_format = preferred_memory_format(device)
+    conditional = model.num_classes > 0
+    for d_step in range(config.d_steps):
+        indices = batch_indices(state.step * config.d_steps + d_step, len(data), config.batch_size, config.seed)
+        real = to_model_range(data.images[indices]).to(device, memory_format=memory_format)  # (B, C, S, S)
+        real_labels = data.labels[indices].to(device) if conditional else None
+        rng = step_generator(config.seed, state.step * config.d_steps + d_step, STREAM_LATENTS)
+        z = torch.randn(config.batch_size, model.z_dim, generator=rng).to(device)
+        fake_labels = (
+            torch.randint(model.num_classes, (config.batch_size,), generator=rng).to(device) if conditional else None
+        )
+        # The last D step's fakes are kept with their graph and reused for the G step: G has not
+        # changed since, so this is the same computation as a fresh forward, done once.
+        keep_graph = d_step == config.d_steps - 1
+        with torch.set_grad_enabled(keep_graph):
+            fake = G(z, fake_labels)  # (B, C, S, S)
+        labels = torch.cat([real_labels, fake_labels]) if conditional else None
+        scores = D(torch.cat([real, fake.detach()]), labels)  # (2B,): one D pass for real and fake
+        d_real, d_fake = scores[: config.batch_size], scores[config.batch_size :]
+        loss_d = F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean()
+        state.optimizer_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        state.optimizer_d.step()
+
+    D.requires_grad_(False)  # the G step needs gradients w.r.t. D's input only
+    loss_g = -D(fake, fake_labels).mean()
+    state.optimizer_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    state.optimizer_g.step()
+    D.requires_grad_(True)
+
+    if state.generator_ema is not None:
+        update_ema(state.generator_ema, G, ema_decay_at(state.step, config))
+    state.step += 1
+    return {
+        "loss_d": loss_d.detach(),
+        "loss_g": loss_g.detach(),
+        "d_real": d_real.detach().mean(),
+        "d_fake": d_fake.detach().mean(),
+    }
+
+
+def _check_finite(state: TrainState, losses: dict[str, torch.Tensor], last_checkpoint: Path | None) -> None:
+    if bool(torch.isfinite(torch.stack(list(losses.values()))).all()):
+        return
+    values = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+    kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was saved yet"
+    raise DivergenceError(
+        f"training diverged at step {state.step}: non-finite loss ({values}); {kept}; "
+        "try lower learning rates (--lr-g/--lr-d)"
+    )
+
+
+def weights_are_finite(*modules: torch.nn.Module | None) -> bool:
+    """True when no parameter or buffer of the given modules is NaN or infinite."""
+    tensors = [t for m in modules if m is not None for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def preview_grid(state: TrainState, config: TrainConfig) -> torch.Tensor:
+    """A grid from a fixed set of latents (the run's seed), EMA weights when available."""
+    generator = state.generator_ema if state.generator_ema is not None else state.generator
+    was_training = generator.training
+    generator.eval()
+    latents = sample_latents(PREVIEW_SAMPLES, config.model.z_dim, config.seed)
+    labels = (
+        torch.arange(PREVIEW_SAMPLES) % config.model.num_classes if config.model.num_classes else None
+    )
+    images = generate(generator, latents, labels)
+    generator.train(was_training)
+    return make_grid(images, nrow=8)
+
+
+def save_training_checkpoint(state: TrainState, config: TrainConfig, run: RunDir, name: str, data: ImageData) -> Path | None:
+    """Write a full checkpoint (after checking the weights are finite); None when this rank does not write."""
+    if not weights_are_finite(state.generator, state.discriminator, state.generator_ema):
+        raise DivergenceError(
+            f"training diverged at step {state.step}: non-finite weights; not saving them. "
+            f"The last good checkpoint is {run.latest_checkpoint()}; try lower learning rates"
+        )
+    return run.write_checkpoint(
+        name,
+        lambda path: save_checkpoint(
+            path,
+            train_config=config,
+            step=state.step,
+            train_seconds=state.train_seconds,
+            generator=state.generator,
+            generator_ema=state.generator_ema,
+            discriminator=state.discriminator,
+            optimizer_g=state.optimizer_g,
+            optimizer_d=state.optimizer_d,
+            extra_metadata={"data_source": data.source, "data_id": data.data_id},
+        ),
+    )
+
+
+def train(
+    config: TrainConfig,
+    data: ImageData,
+    run: RunDir,
+    device: torch.device,
+    reporter: Reporter,
+    stop: StopFlag | None = None,
+    resume_from: Path | None = None,
+) -> Path | None:
+    """Train until config.max_steps; return the final checkpoint (None on non-writing ranks)."""
+    if len(data) < config.batch_size:
+        raise UsageError(f"--batch-size {config.batch_size} is larger than the dataset ({len(data)} images); lower it")
+    state = build_state(config, device)
+    if resume_from is not None:
+        restore_state(state, resume_from)
+        reporter.log(f"resuming {run.path} from step {state.step} ({resume_from.name})")
+    state.generator.train()
+    state.discriminator.train()
+    stop = stop or StopFlag()
+    last_checkpoint = resume_from
+    reporter.start(config.max_steps, state.step)
+    window_start, window_steps = time.perf_counter(), 0
+    try:
+        while state.step < config.max_steps:
+            step_start = time.perf_counter()
+            losses = train_step(state, data, config, device)
+            _check_finite(state, losses, last_checkpoint)
+            state.train_seconds += time.perf_counter() - step_start
+            window_steps += 1
+            if state.step % config.log_every == 0 or state.step == config.max_steps:
+                now = time.perf_counter()
+                stats = {k: float(v) for k, v in losses.items()}
+                stats["images_per_second"] = window_steps * config.batch_size * config.d_steps / max(now - window_start, 1e-9)
+                gammas = {f"gamma_g{k}": v for k, v in attention_gammas(state.generator).items()}
+                gammas.update({f"gamma_d{k}": v for k, v in attention_gammas(state.discriminator).items()})
+                run.append_metrics({"step": state.step, "train_seconds": round(state.train_seconds, 3), **stats, **gammas})
+                reporter.step(state.step, {**stats, **gammas})
+                window_start, window_steps = now, 0
+            if state.step % config.sample_every == 0 or state.step == config.max_steps:
+                run.write_sample_grid(
+                    state.step, preview_grid(state, config), {"step": str(state.step), "seed": str(config.seed)}
+                )
+            if state.step % config.save_every == 0 and state.step < config.max_steps:
+                last_checkpoint = save_training_checkpoint(state, config, run, run.step_name(state.step), data)
+                run.prune_checkpoints(config.keep)
+            if stop.signal_number is not None:
+                break
+    except KeyboardInterrupt:
+        # Raised mid-step (no graceful handler installed, or a second Ctrl-C): the state may be
+        # half-updated, so it is not saved; the last periodic checkpoint stays the resume point.
+        reporter.close()
+        kept = f"resume from {last_checkpoint}" if last_checkpoint else "no checkpoint was saved"
+        raise Interrupted(f"interrupted at step {state.step} without saving; {kept}", EXIT_SIGINT) from None
+    if stop.signal_number is not None:
+        path = save_training_checkpoint(state, config, run, run.step_name(state.step), data)
+        run.prune_checkpoints(config.keep)
+        reporter.close()
+        code = EXIT_SIGINT if stop.signal_number == 2 else EXIT_SIGTERM
+        raise Interrupted(f"stopped at step {state.step}; saved {path}; continue with: sagan train --resume {run.path}", code)
+    final = save_training_checkpoint(state, config, run, "final", data)
+    reporter.close()
+    return final
+
