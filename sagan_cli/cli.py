@@ -242,8 +242,12 @@ def train(
         run.write_config(config)
     reporter.log(f"run {run.path}: {config.dataset} ({data.source}, {len(data)} images), device {torch_device}")
     stop = StopFlag()
-    _install_signal_handlers(stop)
-    final = run_training(config, data, run, torch_device, reporter, stop=stop, resume_from=checkpoint)
+    previous_handlers = _install_signal_handlers(stop)
+    try:
+        final = run_training(config, data, run, torch_device, reporter, stop=stop, resume_from=checkpoint)
+    finally:
+        for signal_number, handler in previous_handlers.items():
+            signal.signal(signal_number, handler)
     if final is not None:
         print(final)
 
@@ -254,8 +258,11 @@ def _checkpoint_step(path: Path) -> int:
     return read_checkpoint_info(path).step
 
 
-def _install_signal_handlers(stop: Any) -> None:
-    """First SIGINT/SIGTERM: finish the step, save, exit 130/143. A second SIGINT stops at once."""
+def _install_signal_handlers(stop: Any) -> dict[int, Any]:
+    """First SIGINT/SIGTERM: finish the step, save, exit 130/143. A second SIGINT stops at once.
+
+    Returns the handlers they replace, to be put back when training ends.
+    """
 
     def handle(signal_number: int, frame: object) -> None:
         if stop.signal_number is not None and signal_number == signal.SIGINT:
@@ -263,8 +270,7 @@ def _install_signal_handlers(stop: Any) -> None:
         stop.request(signal_number)
         print(f"\nsignal {signal_number}: saving a checkpoint after this step (Ctrl-C again to stop at once)", file=sys.stderr)
 
-    signal.signal(signal.SIGINT, handle)
-    signal.signal(signal.SIGTERM, handle)
+    return {number: signal.signal(number, handle) for number in (signal.SIGINT, signal.SIGTERM)}
 
 
 @app.command(epilog="Examples: sagan sample runs/mnist-attn/checkpoints/final.safetensors -n 64 -o grid.png\n\n"
