@@ -14,6 +14,9 @@ RESUMABLE_OVERRIDES = frozenset(
     {"max_steps", "save_every", "sample_every", "log_every", "keep", "device", "num_workers"}
 )
 
+MAX_SEED = 2**32 - 1  # per-step generators are seeded from (seed, step); larger seeds overflow them
+MAX_CONFIG_INT = 2**40  # no count, size or step of a real run comes near this
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -58,8 +61,12 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown training config keys: {unknown}")
+        check_field_types(cls, data)
         values = dict(data)
         if "model" in values:
+            if not isinstance(values["model"], dict):
+                raise ValueError("training config key 'model' must be a JSON object")
+            check_field_types(ModelConfig, values["model"])
             values["model"] = ModelConfig.from_json(json.dumps(values["model"]))
         return cls(**values)
 
@@ -80,8 +87,8 @@ class TrainConfig:
                 raise UsageError(f"--{name} must be in [0, 1), got {value}")
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
-        if self.seed < 0:
-            raise UsageError(f"--seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"--seed must be in 0..{MAX_SEED}, got {self.seed}")
         if self.num_workers < 0:
             raise UsageError(f"--num-workers must be >= 0, got {self.num_workers}")
         return self
@@ -89,6 +96,40 @@ class TrainConfig:
     def with_overrides(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields replaced."""
         return replace(self, **changes)
+
+
+def check_field_types(cls: type, data: dict[str, Any]) -> None:
+    """Raise ValueError unless each known key of `data` has the JSON type of the dataclass field's default.
+
+    Configs come from files a user may have edited or that may be damaged: a string where a
+    number belongs must be a clear error now, not a crash in the middle of training.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__} must be a JSON object")
+    defaults = cls()
+    for f in fields(cls):
+        if f.name not in data or f.name == "model":
+            continue
+        value, default = data[f.name], getattr(defaults, f.name)
+        if not _has_type_of(value, default):
+            raise ValueError(f"config key {f.name!r} has the wrong type: {str(value)[:40]!r}")
+
+
+def _has_type_of(value: Any, default: Any) -> bool:
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and abs(v) <= MAX_CONFIG_INT
+
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return is_int(value)
+    if isinstance(default, float):
+        return is_int(value) or isinstance(value, float)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, tuple):
+        return isinstance(value, (list, tuple)) and len(value) <= 16 and all(is_int(v) for v in value)
+    return default is not None or value is None or isinstance(value, str)
 
 
 def config_differences(saved: TrainConfig, requested: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

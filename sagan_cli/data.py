@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from .errors import DatasetError, UsageError
@@ -22,6 +22,7 @@ from .model import SUPPORTED_IMAGE_SIZES
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 DOWNLOAD_TIMEOUT_SECONDS = 20
+MAX_IMAGE_PIXELS = 8192 * 8192  # larger files are skipped unread: a corrupt header can claim any size
 Log = Callable[[str], None]
 
 
@@ -199,10 +200,14 @@ def load_image_paths(paths: list[Path], channels: int, image_size: int, log: Log
     tensors, skipped = [], []
     for path in paths:
         try:
-            with Image.open(path) as image:
-                image.load()
-                tensors.append(_pil_to_tensor(image, channels, image_size))
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # PIL warns about odd-but-readable files; a skip is reported below
+                with Image.open(path) as image:
+                    if image.width * image.height > MAX_IMAGE_PIXELS:
+                        raise ValueError(f"{image.width}x{image.height} is too large")  # checked before decoding
+                    image.load()
+                    tensors.append(_pil_to_tensor(image, channels, image_size))
+        except Exception:  # noqa: BLE001 - a decoder fails in many ways on a damaged file; any of them means unreadable
             skipped.append(path)
     if skipped:
         log(f"warning: skipped {len(skipped)} unreadable image(s) in {what}, e.g. {skipped[0]}")

@@ -106,6 +106,25 @@ class RunDir:
             for old in self.step_checkpoints()[:-keep]:
                 old.unlink(missing_ok=True)
 
+    def rewind(self, step: int) -> None:
+        """Prepare to continue from `step`: drop temp files a killed writer left, and metrics logged after `step`."""
+        if not self.enabled:
+            return
+        for folder in (self.path, self.checkpoints):
+            for stale in folder.glob(".*.tmp") if folder.is_dir() else ():
+                stale.unlink(missing_ok=True)  # atomic_write_bytes' temp names; never a complete file
+        metrics = self.path / METRICS_FILE
+        if metrics.exists():
+            kept = []
+            for line in metrics.read_text(errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # the half-written last line of a killed run
+                if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                    kept.append(line + "\n")
+            atomic_write_bytes(metrics, "".join(kept).encode())
+
     def latest_checkpoint(self) -> Path | None:
         """The readable checkpoint with the highest step (final included), or None."""
         candidates = self.step_checkpoints()

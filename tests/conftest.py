@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
-from typer.testing import CliRunner
+# Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP spinning
+# makes them many times slower; subprocesses started by tests inherit this too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from sagan_cli.cli import app
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from sagan_cli.cli import app  # noqa: E402
 
 # A model small enough to train a few steps in about a second on a busy 2-core CPU.
 TINY_TRAIN_FLAGS = [

@@ -1,0 +1,246 @@
+"""Nothing lost: atomic checkpoints, kill -9 then --resume, exact resume, signals, divergence."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from sagan_cli.checkpoint import atomic_write_bytes, load_generator, read_checkpoint_info
+from sagan_cli.errors import EXIT_FAILURE, EXIT_SIGINT, EXIT_SIGTERM
+
+from conftest import run_cli
+
+TINY = ["--batch-size", "8", "--g-width", "8", "--d-width", "8", "--z-dim", "16", "--no-download", "--log-every", "1"]
+# Subprocesses get one OpenMP thread: two threads on two busy shared cores spin against each other.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def checkpoint_steps(run: Path) -> dict[str, int]:
+    """Every file under a run's real checkpoint names, with its step: each must be a complete checkpoint."""
+    return {p.name: read_checkpoint_info(p).step for p in sorted((run / "checkpoints").glob("*.safetensors"))}
+
+
+def assert_same_tensors(first: Path, second: Path) -> None:
+    a, b = load_file(str(first)), load_file(str(second))
+    assert sorted(a) == sorted(b)
+    parts = {name.split(".")[0] for name in a}
+    assert parts == {"generator", "generator_ema", "discriminator", "optimizer_g", "optimizer_d"}
+    different = [name for name in a if not torch.equal(a[name], b[name])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def losses(run: Path) -> list[tuple[int, float, float]]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss_d"], r["loss_g"]) for r in records]
+
+
+# --- atomic writes ------------------------------------------------------------------------------
+
+
+def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "final.safetensors"
+    atomic_write_bytes(target, b"old complete file")
+
+    def crash(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", crash)  # the process "dies" after writing the temp file, before the rename
+    with pytest.raises(OSError):
+        atomic_write_bytes(target, b"new file")
+    assert target.read_bytes() == b"old complete file"
+    assert [p.name for p in tmp_path.iterdir()] == ["final.safetensors"]
+
+
+def test_keep_holds_the_newest_periodic_checkpoints_plus_final(tmp_path: Path) -> None:
+    result = run_cli("train", *TINY, "--max-steps", "5", "--save-every", "1", "--keep", "2", "--out", tmp_path, "--name", "k")
+    assert result.exit_code == 0, result.stderr
+    assert checkpoint_steps(tmp_path / "k") == {"final.safetensors": 5, "step_000003.safetensors": 3, "step_000004.safetensors": 4}
+    assert not list((tmp_path / "k").rglob("*.tmp"))
+
+
+# --- exact resume -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 grey 28x28 images: 2 batches of 8 per epoch, so a few steps cross several epoch boundaries."""
+    folder = tmp_path_factory.mktemp("folder")
+    generator = torch.Generator().manual_seed(5)
+    for i in range(20):
+        pixels = torch.randint(0, 256, (28, 28), dtype=torch.uint8, generator=generator)
+        Image.fromarray(pixels.numpy(), "L").save(folder / f"{i:02d}.png")
+    return folder
+
+
+@pytest.mark.parametrize("setup", ["mnist-conditional-2dsteps", "folder-epochs"])
+def test_n_steps_then_resume_n_steps_equals_2n_straight(setup: str, small_folder: Path, tmp_path: Path) -> None:
+    if setup == "folder-epochs":
+        flags = [*TINY, "--dataset", str(small_folder), "--image-size", "28", "--channels", "1", "--seed", "3"]
+    else:
+        flags = [*TINY, "--conditional", "--d-steps", "2", "--ema-decay", "0.5", "--seed", "11"]
+    flags += ["--save-every", "2", "--sample-every", "2", "--out", str(tmp_path)]
+    straight = run_cli("train", *flags, "--max-steps", "6", "--name", "straight")
+    assert straight.exit_code == 0, straight.stderr
+    first = run_cli("train", *flags, "--max-steps", "3", "--name", "resumed")
+    assert first.exit_code == 0, first.stderr
+    resumed = run_cli("train", "--resume", tmp_path / "resumed", "--max-steps", "6")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "from step 3 (final.safetensors)" in resumed.stderr
+
+    final_straight = tmp_path / "straight" / "checkpoints" / "final.safetensors"
+    final_resumed = tmp_path / "resumed" / "checkpoints" / "final.safetensors"
+    assert read_checkpoint_info(final_resumed).step == 6
+    assert_same_tensors(final_straight, final_resumed)
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+
+
+def test_resume_from_a_periodic_checkpoint_mid_run_is_exact(tmp_path: Path) -> None:
+    flags = [*TINY, "--save-every", "2", "--keep", "10", "--out", str(tmp_path)]
+    assert run_cli("train", *flags, "--max-steps", "5", "--name", "a").exit_code == 0
+    # Continue from step 2 in a copy: the run forgets steps 3..5 (metrics included) and redoes them.
+    result = run_cli("train", "--resume", tmp_path / "a" / "checkpoints" / "step_000002.safetensors", "--max-steps", "5")
+    assert result.exit_code == 0, result.stderr
+    assert "from step 2" in result.stderr
+    assert [step for step, _, _ in losses(tmp_path / "a")] == [1, 2, 3, 4, 5]
+    assert run_cli("train", *flags, "--max-steps", "5", "--name", "b").exit_code == 0
+    assert_same_tensors(tmp_path / "a" / "checkpoints" / "final.safetensors", tmp_path / "b" / "checkpoints" / "final.safetensors")
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+
+
+# --- divergence ---------------------------------------------------------------------------------
+
+
+def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    run = tmp_path / "boom"
+    assert run_cli("train", *TINY, "--max-steps", "2", "--save-every", "1", "--out", tmp_path, "--name", "boom").exit_code == 0
+    # The run's config is what a resume trains with: absurd learning rates make the next steps blow up.
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "lr_g": 1e30, "lr_d": 1e30}))
+    result = run_cli("train", "--resume", run, "--max-steps", "30")
+    assert result.exit_code == EXIT_FAILURE, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    match = re.fullmatch(r"error: training diverged at step (\d+): non-finite .*the last good checkpoint is (\S+);.*--lr-g/--lr-d\)", line)
+    assert match, line
+    step, kept = int(match.group(1)), Path(match.group(2))
+    assert 2 < step < 30
+    assert checkpoint_steps(run) == {"final.safetensors": 2, "step_000001.safetensors": 1}  # nothing non-finite saved
+    assert kept == run / "checkpoints" / "final.safetensors"
+    generator, _ = load_generator(kept)  # still a complete, loadable checkpoint
+    assert all(bool(torch.isfinite(t).all()) for t in generator.state_dict().values() if t.is_floating_point())
+
+
+def test_divergence_before_any_checkpoint_says_so(tmp_path: Path) -> None:
+    result = run_cli("train", *TINY, "--lr-g", "1e30", "--lr-d", "1e30", "--max-steps", "30", "--out", tmp_path, "--name", "x")
+    assert result.exit_code == EXIT_FAILURE, result.stderr
+    assert re.fullmatch(r"error: training diverged at step \d+: .*no checkpoint was saved yet.*", result.stderr.strip().splitlines()[-1])
+    assert checkpoint_steps(tmp_path / "x") == {}
+
+
+# --- real processes: kill -9, SIGINT, SIGTERM -----------------------------------------------------
+
+
+def start_training(out: Path, name: str, *extra: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "sagan_cli", "train", *TINY, "--save-every", "1", "--out", str(out), "--name", name, *extra]
+    log = (out / f"{name}.log").open("w")
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, env=ENV)
+
+
+def wait_for_checkpoints(process: subprocess.Popen, run: Path, count: int, timeout: float = 150) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list((run / "checkpoints").glob("step_*.safetensors"))) < count:
+        assert process.poll() is None, f"training ended early ({process.returncode})"
+        assert time.monotonic() < deadline, "no checkpoint appeared in time"
+        time.sleep(0.05)
+
+
+def test_kill_9_at_any_moment_then_resume_continues_from_the_last_complete_checkpoint(tmp_path: Path) -> None:
+    run = tmp_path / "k"
+    process = start_training(tmp_path, "k", "--max-steps", "500", "--keep", "2")
+    try:
+        wait_for_checkpoints(process, run, 2)
+        time.sleep(0.3)  # land somewhere in a step or a checkpoint write
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    steps = checkpoint_steps(run)  # every real name holds a complete checkpoint, whatever the moment
+    last = max(steps.values())
+    assert len([n for n in steps if n.startswith("step_")]) <= 3  # --keep 2, plus one if killed just before pruning
+    # What a kill during a write leaves behind: a temp file and a half-written metrics line.
+    (run / "checkpoints" / f".step_{last + 1:06d}.safetensors.x1y2z3.tmp").write_bytes(b"\x00" * 64)
+    with (run / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 99999, "loss_d"')
+
+    result = subprocess.run(
+        [sys.executable, "-m", "sagan_cli", "train", "--resume", str(run), "--max-steps", str(last + 2)],
+        capture_output=True, text=True, env=ENV, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"from step {last} (step_{last:06d}.safetensors)" in result.stderr
+    final = run / "checkpoints" / "final.safetensors"
+    assert result.stdout.strip() == str(final)
+    assert read_checkpoint_info(final).step == last + 2
+    assert not list(run.rglob("*.tmp"))
+    logged = [step for step, _, _ in losses(run)]  # every line parses again
+    assert logged == list(range(1, last + 3))
+
+
+def test_sigint_and_sigterm_save_a_checkpoint_and_exit_130_and_143(tmp_path: Path) -> None:
+    # Both runs at once: each waits mostly on its own interpreter start-up.
+    cases = {"int": (signal.SIGINT, EXIT_SIGINT), "term": (signal.SIGTERM, EXIT_SIGTERM)}
+    processes = {name: start_training(tmp_path, name, "--max-steps", "500", "--keep", "50") for name in cases}
+    try:
+        for name, process in processes.items():
+            wait_for_checkpoints(process, tmp_path / name, 1)
+            process.send_signal(cases[name][0])
+        for process in processes.values():
+            process.wait(timeout=120)
+    finally:
+        for process in processes.values():
+            process.kill()
+    for name, process in processes.items():
+        run = tmp_path / name
+        assert process.returncode == cases[name][1], (name, process.returncode)
+        last_line = (tmp_path / f"{name}.log").read_text().strip().splitlines()[-1]
+        match = re.fullmatch(r"error: stopped at step (\d+); saved (\S+); continue with: sagan train --resume (\S+)", last_line)
+        assert match, last_line
+        step, saved = int(match.group(1)), Path(match.group(2))
+        assert saved == run / "checkpoints" / f"step_{step:06d}.safetensors" and Path(match.group(3)) == run
+        assert max(checkpoint_steps(run).values()) == step == read_checkpoint_info(saved).step
+        assert read_checkpoint_info(saved).has_training_state
+        assert not list(run.rglob("*.tmp"))
+
+
+# --- safe by construction -----------------------------------------------------------------------
+
+
+def test_only_safetensors_is_loaded_from_user_paths() -> None:
+    """No unrestricted unpickling in our code: only torch.load(weights_only=True), used for the (trusted) Inception weights."""
+    package = Path(__file__).resolve().parent.parent / "sagan_cli"
+    unpicklers = re.compile(r"\b(torch\.load|torch\.jit\.load|pickle\.loads?|dill\.load|joblib\.load|numpy\.load|np\.load)\(")
+    found = {}
+    for source in sorted(package.rglob("*.py")):
+        for number, line in enumerate(source.read_text().splitlines(), 1):
+            if unpicklers.search(line):
+                found[f"{source.name}:{number}"] = line.strip()
+    allowed = {where: line for where, line in found.items() if "torch.load(" in line and "weights_only=True" in line}
+    assert found == allowed, f"pickle-capable loaders outside the Inception weights check: {set(found) - set(allowed)}"
