@@ -1,0 +1,107 @@
+"""Compare checkpoints on equal terms: same reference, same latents, same extractor, one row each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .checkpoint import CheckpointInfo, load_generator, read_checkpoint_info
+from .errors import UsageError
+from .evaluation import EvalOptions, load_for_scoring, load_reference, score_generator
+from .extractors import Extractor, file_sha256, resolve_extractor
+from .model import count_parameters
+from .sampling import generate, sample_labels, sample_latents
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class CompareRow:
+    """One checkpoint's line in the comparison."""
+
+    name: str
+    checkpoint: Path
+    sha256: str
+    info: CheckpointInfo
+    parameters: int
+    metrics: dict[str, float]
+    images_per_second: float
+
+    @property
+    def attention(self) -> str:
+        """Where attention sits, e.g. `14` or `16,32`; `none` without attention."""
+        where = self.info.model.active_attn_resolutions
+        return ",".join(map(str, where)) if where else "none"
+
+    def to_json(self) -> dict[str, Any]:
+        """One entry of the `models` list in `sagan compare --json`."""
+        return {
+            "name": self.name,
+            "checkpoint": str(self.checkpoint),
+            "sha256": self.sha256,
+            "attention": self.attention,
+            "parameters": self.parameters,
+            "steps": self.info.step,
+            "train_seconds": self.info.train_seconds,
+            "metrics": self.metrics,
+            "images_per_second": round(self.images_per_second, 1),
+        }
+
+
+def display_names(paths: list[Path]) -> list[str]:
+    """Short unique names: the run name for runs/<run>/checkpoints/<file>, plus the file stem if needed."""
+
+    def run_name(path: Path) -> str:
+        if path.parent.name == "checkpoints" and path.parent.parent.name:
+            return f"{path.parent.parent.name}/{path.stem}" if path.stem != "final" else path.parent.parent.name
+        return path.stem
+
+    names = [run_name(path) for path in paths]
+    if len(set(names)) < len(names):
+        names = [str(path) for path in paths]
+    return names
+
+
+def check_compatible(infos: list[CheckpointInfo], paths: list[Path], ref: str | None) -> str:
+    """All models must make the same image shape; returns the reference name to use."""
+    shapes = {(info.model.channels, info.model.image_size) for info in infos}
+    if len(shapes) > 1:
+        listed = ", ".join(f"{p.name}: {i.model.channels}x{i.model.image_size}x{i.model.image_size}" for p, i in zip(paths, infos))
+        raise UsageError(f"checkpoints make different image shapes ({listed}); compare models of one shape")
+    datasets = {info.dataset for info in infos}
+    if ref is None and len(datasets) > 1:
+        raise UsageError(f"checkpoints were trained on different datasets ({', '.join(sorted(datasets))}); pass --ref to pick one")
+    return ref or infos[0].dataset
+
+
+def compare_checkpoints(paths: list[Path], options: EvalOptions, cache_folder: Path, log: Log) -> tuple[list[CompareRow], Extractor, Any]:
+    """Score every checkpoint against one reference with one extractor and the same latents."""
+    options.validate()
+    if len(paths) < 2:
+        raise UsageError("compare needs at least two checkpoints")
+    infos = [read_checkpoint_info(path) for path in paths]
+    reference_name = check_compatible(infos, paths, options.ref)
+    model = infos[0].model
+    extractor = resolve_extractor(options.extractor, model.channels, model.image_size, options.inception_weights)
+    reference = load_reference(reference_name, infos[0], options.num_samples, log)
+    rows = []
+    for name, path, info in zip(display_names(paths), paths, infos):
+        log(f"scoring {name} ({options.num_samples} samples, seed {options.seed}, {extractor.name} extractor)")
+        generator = load_for_scoring(path, options)
+        results, speed = score_generator(generator, info, reference, extractor, options, cache_folder)
+        rows.append(CompareRow(name, path, file_sha256(path), info, count_parameters(generator), results, speed))
+    return rows, extractor, reference
+
+
+def side_by_side(paths: list[Path], num: int, seed: int, truncation: float, use_ema: bool) -> torch.Tensor:
+    """uint8 (models * num, C, S, S): the same `num` latents (and labels) through every model, one row each."""
+    rows = []
+    for path in paths:
+        generator, info = load_generator(path, use_ema=use_ema)
+        latents = sample_latents(num, info.model.z_dim, seed, truncation)
+        rows.append(generate(generator, latents, sample_labels(num, info.model.num_classes, seed)))
+    return torch.cat(rows)
+

@@ -1,0 +1,224 @@
+"""Score checkpoints: load generator and reference, pick the extractor, run the metrics, report plain objects."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch_fidelity
+
+from . import __version__
+from .checkpoint import CheckpointInfo, load_generator, read_checkpoint_info
+from .data import ImageData, load_dataset
+from .errors import UsageError
+from .extractors import Extractor, file_sha256, resolve_extractor
+from .metrics import (
+    METRICS,
+    GeneratorInput,
+    ImageTensorDataset,
+    compute_metrics,
+    reference_cache_name,
+    reference_subset,
+    tensor_sha256,
+)
+from .model import Generator
+from .rundir import find_latest_checkpoint
+from .sampling import check_truncation, sample_labels, sample_latents
+
+DEFAULT_NUM_SAMPLES = 10_000
+DEFAULT_BATCH_SIZE = 500
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What `sagan evaluate` and `sagan compare` were asked for."""
+
+    metrics: tuple[str, ...] = METRICS
+    num_samples: int = DEFAULT_NUM_SAMPLES
+    seed: int = 0
+    truncation: float = 1.0
+    batch_size: int = DEFAULT_BATCH_SIZE
+    use_ema: bool = True
+    extractor: str = "auto"
+    inception_weights: Path | None = None
+    ref: str | None = None
+    device: str = "auto"
+
+    def validate(self) -> "EvalOptions":
+        """Reject impossible values with a message naming the flag."""
+        if self.num_samples < 2:
+            raise UsageError(f"--num-samples must be at least 2, got {self.num_samples}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        check_truncation(self.truncation)
+        return self
+
+
+@dataclass
+class Reference:
+    """The reference images metrics compare against, and the id that names them in caches and reports."""
+
+    data: ImageData
+    images: torch.Tensor  # uint8 (M, C, S, S), M <= num_samples
+    pixels_sha256: str = ""
+
+    @property
+    def data_id(self) -> str:
+        """ImageData.data_id of the whole set; the subset size is reported (and cached) separately."""
+        return self.data.data_id
+
+
+@dataclass
+class EvalResult:
+    """The outcome of scoring one checkpoint."""
+
+    checkpoint: Path
+    checkpoint_sha256: str
+    info: CheckpointInfo
+    weights: str  # "ema" or "raw"
+    metrics: dict[str, float]
+    extractor: Extractor
+    num_samples: int
+    seed: int
+    truncation: float
+    reference_id: str
+    reference_images: int
+    images_per_second: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The documented JSON schema (see docs/evaluate.md)."""
+        return {
+            "checkpoint": {
+                "path": str(self.checkpoint),
+                "sha256": self.checkpoint_sha256,
+                "step": self.info.step,
+                "dataset": self.info.dataset,
+                "weights": self.weights,
+            },
+            "metrics": self.metrics,
+            "extractor": {
+                "name": self.extractor.name,
+                "fidelity_name": self.extractor.fidelity_name,
+                "weights_sha256": self.extractor.weights_sha256,
+            },
+            "num_samples": self.num_samples,
+            "seed": self.seed,
+            "truncation": self.truncation,
+            "reference": {"id": self.reference_id, "num_images": self.reference_images},
+            "images_per_second": round(self.images_per_second, 1),
+            **self.extra,
+        }
+
+
+def versions() -> dict[str, str]:
+    """Package versions that make a number reproducible."""
+    return {
+        "sagan": __version__,
+        "torch": torch.__version__,
+        "torch_fidelity": torch_fidelity.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+def resolve_checkpoint(path: Path | None, runs_root: Path = Path("runs")) -> Path:
+    """The given checkpoint, or the newest checkpoint of the most recent run under runs/."""
+    if path is not None:
+        return path
+    latest = find_latest_checkpoint(runs_root)
+    if latest is None:
+        raise UsageError(f"no checkpoint given and none found under {runs_root}/; pass CKPT or run `sagan train` first")
+    return latest
+
+
+def load_reference(name: str, info: CheckpointInfo, num_samples: int, log: Log) -> Reference:
+    """The reference set at the model's image shape, at most num_samples images of it."""
+    train = info.train
+    data = load_dataset(
+        name,
+        image_size=info.model.image_size,
+        channels=info.model.channels,
+        data_dir=Path(train.data_dir) if train and train.data_dir and name == info.dataset else None,
+        download=train.download if train else True,
+        log=log,
+    )
+    images = reference_subset(data.images, num_samples)
+    return Reference(data, images, tensor_sha256(images))
+
+
+def plan_latents(num_samples: int, z_dim: int, num_classes: int, options: EvalOptions) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The latents (N, z_dim) and labels (N,) | None that `sagan sample --seed S -n N` would use."""
+    latents = sample_latents(num_samples, z_dim, options.seed, options.truncation)
+    return latents, sample_labels(num_samples, num_classes, options.seed)
+
+
+def score_generator(
+    generator: Generator,
+    info: CheckpointInfo,
+    reference: Reference,
+    extractor: Extractor,
+    options: EvalOptions,
+    cache_folder: Path | None,
+) -> tuple[dict[str, float], float]:
+    """Metrics of one generator against a reference, and its sampling speed (images/s)."""
+    latents, labels = plan_latents(options.num_samples, info.model.z_dim, info.model.num_classes, options)
+    samples = GeneratorInput(generator, latents, labels, options.batch_size)
+    cache_name = reference_cache_name(reference.data_id, reference.images.shape[0], extractor, reference.pixels_sha256)
+    results = compute_metrics(
+        samples,
+        options.num_samples,
+        ImageTensorDataset(reference.images),
+        set(options.metrics),
+        extractor,
+        seed=options.seed,
+        batch_size=options.batch_size,
+        reference_cache=cache_name,
+        cache_folder=cache_folder,
+    )
+    return results, samples.images_per_second
+
+
+def load_for_scoring(checkpoint: Path, options: EvalOptions) -> Generator:
+    """The generator to score (EMA weights unless --no-ema), on the chosen device, in eval mode."""
+    from .runtime import preferred_memory_format, resolve_device
+
+    device = resolve_device(options.device)
+    generator = load_generator(checkpoint, use_ema=options.use_ema, device=device)[0]
+    return generator.to(memory_format=preferred_memory_format(device))  # channels_last: ~1.5-2x faster on CPU
+
+
+def prepare(checkpoint: Path, options: EvalOptions) -> tuple[Generator, CheckpointInfo, Extractor]:
+    """Resolve the extractor, then load the generator: cheap checks before any expensive work."""
+    info = read_checkpoint_info(checkpoint)
+    extractor = resolve_extractor(options.extractor, info.model.channels, info.model.image_size, options.inception_weights)
+    return load_for_scoring(checkpoint, options), info, extractor
+
+
+def evaluate_checkpoint(checkpoint: Path, options: EvalOptions, cache_folder: Path | None, log: Log) -> EvalResult:
+    """Score one checkpoint: FID / IS / KID (as asked) against its training data or --ref."""
+    options.validate()
+    generator, info, extractor = prepare(checkpoint, options)
+    reference = load_reference(options.ref or info.dataset, info, options.num_samples, log)
+    log(
+        f"scoring {checkpoint} ({options.num_samples} samples, seed {options.seed}) against {reference.data_id} "
+        f"({reference.images.shape[0]} images) with the {extractor.name} extractor"
+    )
+    results, speed = score_generator(generator, info, reference, extractor, options, cache_folder)
+    return EvalResult(
+        checkpoint=checkpoint,
+        checkpoint_sha256=file_sha256(checkpoint),
+        info=info,
+        weights="ema" if options.use_ema and info.has_ema else "raw",
+        metrics=results,
+        extractor=extractor,
+        num_samples=options.num_samples,
+        seed=options.seed,
+        truncation=options.truncation,
+        reference_id=reference.data_id,
+        reference_images=int(reference.images.shape[0]),
+        images_per_second=speed,
+    )

@@ -1,0 +1,268 @@
+"""FID / IS / KID through torch-fidelity, offline: inputs, cache names, the one call, and CI gates.
+
+torch-fidelity is only ever called from `compute_metrics`, which pins the settings that bite on a
+CPU box (no CUDA assumption, no loader workers, nothing on stdout), always passes the extractor
+weights itself (so no download is ever attempted) and protects the caller's RNG state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch_fidelity
+from torch.utils.data import Dataset
+from torch_fidelity.generative_model_base import GenerativeModelBase
+
+from .errors import SaganError, UsageError
+from .extractors import Extractor
+from .model import Generator
+from .sampling import generate
+
+KEY_FID = torch_fidelity.KEY_METRIC_FID
+KEY_ISC_MEAN = torch_fidelity.KEY_METRIC_ISC_MEAN
+KEY_ISC_STD = torch_fidelity.KEY_METRIC_ISC_STD
+KEY_KID_MEAN = torch_fidelity.KEY_METRIC_KID_MEAN
+KEY_KID_STD = torch_fidelity.KEY_METRIC_KID_STD
+METRICS = ("fid", "isc", "kid")  # torch-fidelity's flag names, in display order
+CACHE_ENV = "SAGAN_FIDELITY_CACHE"
+CACHE_VERSION = "v1"  # bump when what goes into reference features changes
+REFERENCE_SUBSET_SEED = 0  # fixed, so a reference subset (and its cache entry) never depends on --seed
+KID_SUBSET_SIZE = 1000
+ISC_SPLITS = 10
+
+
+# ---------------------------------------------------------------- inputs
+
+
+class ImageTensorDataset(Dataset):
+    """uint8 images (N, C, H, W) served one by one as uint8 (3, H, W), as torch-fidelity wants."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"expected uint8 (N, 1|3, H, W) images, got {images.dtype} {tuple(images.shape)}")
+        self.images = images
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.images[index].expand(3, -1, -1)  # (3, H, W)
+
+
+class GeneratorInput(GenerativeModelBase):
+    """A sagan generator as a torch-fidelity input, fed with *our* latents and labels (not torch-fidelity's noise).
+
+    torch-fidelity asks for batches in order; each call returns the next images of `latents`, so
+    sample i has the latent (and label) of image i of `sagan sample --seed S -n N`. Generation time is recorded.
+    """
+
+    def __init__(self, generator: Generator, latents: torch.Tensor, labels: torch.Tensor | None, batch_size: int) -> None:
+        super().__init__()
+        self.generator = generator.eval()
+        self.latents = latents  # (N, z_dim)
+        self.labels = labels  # (N,) or None
+        self.batch_size = batch_size
+        self.cursor = 0
+        self.generate_seconds = 0.0
+
+    @property
+    def z_size(self) -> int:
+        return self.latents.shape[1]
+
+    @property
+    def z_type(self) -> str:
+        return "normal"
+
+    @property
+    def num_classes(self) -> int:
+        return 0  # labels are ours: torch-fidelity's conditional path breaks on numpy 2
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    def forward(self, noise: torch.Tensor, *unused: torch.Tensor) -> torch.Tensor:
+        """Ignore torch-fidelity's noise; return the next uint8 (B, 3, H, W) images."""
+        start, end = self.cursor, self.cursor + noise.shape[0]
+        assert end <= len(self), "torch-fidelity asked for more samples than planned"
+        labels = None if self.labels is None else self.labels[start:end]
+        began = time.perf_counter()
+        images = generate(self.generator, self.latents[start:end], labels, self.batch_size)  # (B, C, H, W) uint8
+        self.generate_seconds += time.perf_counter() - began
+        self.cursor = end
+        return images.expand(-1, 3, -1, -1).to(noise.device)
+
+    @property
+    def images_per_second(self) -> float:
+        """Generation throughput measured while scoring."""
+        return self.cursor / self.generate_seconds if self.generate_seconds > 0 else 0.0
+
+
+def reference_subset(images: torch.Tensor, n: int) -> torch.Tensor:
+    """At most n reference images: all of them, or a fixed-seed random subset (never --seed dependent)."""
+    if n >= images.shape[0]:
+        return images
+    generator = torch.Generator().manual_seed(REFERENCE_SUBSET_SEED)
+    index = torch.randperm(images.shape[0], generator=generator)[:n].sort().values
+    return images[index]
+
+
+# ---------------------------------------------------------------- cache
+
+
+def cache_dir() -> Path:
+    """Reference-statistics cache: $SAGAN_FIDELITY_CACHE or ~/.cache/sagan/fidelity."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "sagan" / "fidelity"
+
+
+def tensor_sha256(images: torch.Tensor) -> str:
+    """sha256 of a tensor's bytes and shape: identifies reference pixels exactly."""
+    digest = hashlib.sha256(str(tuple(images.shape)).encode())
+    digest.update(images.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def reference_cache_name(data_id: str, num_images: int, extractor: Extractor, pixels_sha256: str = "") -> str:
+    """Cache name for reference features; torch-fidelity keys by name only, so the name holds every input.
+
+    data id, image count, a hash of the pixels themselves (so an edited image folder is a new entry)
+    and the extractor's weights hash all go in.
+    """
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", data_id.split("|", 1)[0]).strip("-")[-40:] or "data"
+    data_hash = hashlib.sha256(f"{data_id}|{pixels_sha256}".encode()).hexdigest()[:16]
+    return f"sagan-{CACHE_VERSION}-{slug}-{data_hash}-n{num_images}-{extractor.name}-{extractor.weights_sha256[:16]}"
+
+
+@contextmanager
+def cache_root(enabled: bool) -> Iterator[Path | None]:
+    """The cache folder, or None when disabled."""
+    if not enabled:
+        yield None
+        return
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the metrics cache {folder} ({exc.strerror}); set {CACHE_ENV} or pass --no-cache") from None
+    yield folder
+
+
+@contextmanager
+def shared_cache(enabled: bool) -> Iterator[Path]:
+    """A cache folder for several evaluations in one command: the real cache, or a temporary one."""
+    if enabled:
+        with cache_root(True) as folder:
+            assert folder is not None
+            yield folder
+    else:
+        with tempfile.TemporaryDirectory(prefix="sagan-fidelity-") as folder:
+            yield Path(folder)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def isc_splits(num_samples: int) -> int:
+    """10 splits as usual, fewer for tiny sample counts (each split needs a few dozen images)."""
+    return max(1, min(ISC_SPLITS, num_samples // 50))
+
+
+def compute_metrics(
+    samples: Dataset | GenerativeModelBase,
+    num_samples: int,
+    reference: Dataset | None,
+    metrics: set[str],
+    extractor: Extractor,
+    *,
+    seed: int,
+    batch_size: int,
+    reference_cache: str | None = None,
+    cache_folder: Path | None = None,
+) -> dict[str, float]:
+    """Run torch-fidelity for `metrics` (subset of fid/isc/kid); returns its keys -> floats. RNG state untouched."""
+    unknown = set(metrics) - set(METRICS)
+    assert metrics and not unknown, f"bad metric set {metrics}"
+    needs_reference = bool({"fid", "kid"} & metrics)
+    if needs_reference and reference is None:
+        raise UsageError("FID and KID need a reference set")
+    kwargs: dict[str, object] = {
+        "input1": samples,
+        "fid": "fid" in metrics,
+        "isc": "isc" in metrics,
+        "kid": "kid" in metrics,
+        "feature_extractor": extractor.fidelity_name,
+        "feature_extractor_weights_path": str(extractor.weights_path),
+        "batch_size": batch_size,
+        "rng_seed": seed,
+        "cuda": torch.cuda.is_available(),
+        "save_cpu_ram": True,
+        "verbose": False,
+        "cache": cache_folder is not None and reference_cache is not None,
+        "isc_splits": isc_splits(num_samples),
+    }
+    if isinstance(samples, GenerativeModelBase):
+        kwargs["input1_model_num_samples"] = num_samples
+    if needs_reference:
+        kwargs["input2"] = reference
+        kid_size = min(KID_SUBSET_SIZE, num_samples, len(reference))  # type: ignore[arg-type]
+        kwargs["kid_subset_size"] = kid_size
+        if kwargs["cache"]:
+            kwargs["input2_cache_name"] = reference_cache
+            kwargs["cache_root"] = str(cache_folder)
+    with torch.random.fork_rng(devices=[]):  # extractor construction advances the global RNG
+        try:
+            results = torch_fidelity.calculate_metrics(**kwargs)
+        except ValueError as exc:  # torch-fidelity's vassert
+            raise SaganError(f"torch-fidelity refused the inputs: {str(exc).splitlines()[0]}") from None
+    results = {key: float(value) for key, value in results.items()}
+    if KEY_FID in results:
+        results[KEY_FID] = max(0.0, results[KEY_FID])  # identical inputs give tiny negatives (round-off)
+    return results
+
+
+# ---------------------------------------------------------------- gates
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A CI bound on one metric: `--max-fid 40` is Gate("--max-fid", KEY_FID, 40, upper=True)."""
+
+    flag: str
+    key: str
+    bound: float
+    upper: bool
+
+    @property
+    def metric(self) -> str:
+        """The torch-fidelity flag the gate needs."""
+        return {KEY_FID: "fid", KEY_ISC_MEAN: "isc", KEY_KID_MEAN: "kid"}[self.key]
+
+    def failure(self, results: dict[str, float]) -> str | None:
+        """A one-line reason when the value is out of bounds, else None."""
+        value = results[self.key]
+        broken = value > self.bound if self.upper else value < self.bound
+        if not broken and value == value:  # NaN fails every gate
+            return None
+        return f"{self.key} = {value:.6g} {'>' if self.upper else '<'} {self.flag} {self.bound:g}"
+
+
+def make_gates(max_fid: float | None, min_isc: float | None, max_kid: float | None) -> list[Gate]:
+    """Gates for the bounds that were given."""
+    candidates = (("--max-fid", KEY_FID, max_fid, True), ("--min-isc", KEY_ISC_MEAN, min_isc, False), ("--max-kid", KEY_KID_MEAN, max_kid, True))
+    return [Gate(flag, key, bound, upper) for flag, key, bound, upper in candidates if bound is not None]
+
+
+def failed_gates(gates: list[Gate], results: dict[str, float]) -> list[str]:
+    """Reasons of every gate that fails."""
+    return [reason for gate in gates if (reason := gate.failure(results)) is not None]
