@@ -13,8 +13,8 @@ import typer
 from typer.core import TyperGroup
 
 from . import __version__
-from .config import RESUMABLE_OVERRIDES, TrainConfig, config_differences
-from .errors import EXIT_FAILURE, EXIT_USAGE, SaganError, UsageError
+from .config import MAX_SEED, RESUMABLE_OVERRIDES, TrainConfig, config_differences
+from .errors import EXIT_FAILURE, EXIT_SIGINT, EXIT_USAGE, SaganError, UsageError
 from .model import SUPPORTED_IMAGE_SIZES, ModelConfig
 
 DEFAULTS = TrainConfig()
@@ -48,7 +48,11 @@ class SaganGroup(TyperGroup):
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
             error(f"{exc.format_message()}{hint}")
             raise typer.Exit(EXIT_USAGE) from None
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        except KeyboardInterrupt:
+            # Ctrl-C outside the training loop's own handler (loading data, writing images): nothing to save.
+            error("interrupted")
+            raise typer.Exit(EXIT_SIGINT) from None
+        except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:
             if debug_enabled():
@@ -101,7 +105,7 @@ def _parse_resolutions(text: str | None) -> tuple[int, ...] | None:
 
 
 def _default_d(name: str) -> str:
-    return f"[default: {getattr(DEFAULTS, name)}]"
+    return f"(default: {getattr(DEFAULTS, name)})"
 
 
 def _resolve_new_config(given: dict[str, Any], model_given: dict[str, Any], conditional: bool) -> TrainConfig:
@@ -131,9 +135,9 @@ def _resolve_resume(
 ) -> tuple[TrainConfig, Path, Path]:
     from .rundir import RunDir
 
-    run_path = target.parent.parent if target.suffix == ".safetensors" else target
-    if not run_path.exists():
+    if not target.exists():
         raise UsageError(f"--resume {target}: no such run directory or checkpoint")
+    run_path = target.parent.parent if target.suffix == ".safetensors" else target
     run = RunDir(run_path)
     saved = run.read_config()
     checkpoint = target if target.suffix == ".safetensors" else run.latest_checkpoint()
@@ -156,16 +160,16 @@ def _resolve_resume(
 )
 def train(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help=f"mnist, fashion-mnist, cifar10, celeba, or a folder of images {_default_d('dataset')}"),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the dataset files are (or are downloaded to) [default: ~/.cache/sagan/datasets]"),
-    download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Allow dataset downloads [default: download]"),
-    attention: Optional[bool] = typer.Option(None, "--attention/--no-attention", help="Self-attention in G and D [default: attention]"),
-    attn_res: Optional[str] = typer.Option(None, "--attn-res", help="Feature-map size(s) that get attention, e.g. 14 or 16,32 [default: image size / 2]"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the dataset files are (or are downloaded to) (default: ~/.cache/sagan/datasets)"),
+    download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Allow dataset downloads (default: download)"),
+    attention: Optional[bool] = typer.Option(None, "--attention/--no-attention", help="Self-attention in G and D (default: attention)"),
+    attn_res: Optional[str] = typer.Option(None, "--attn-res", help="Feature-map size(s) that get attention, e.g. 14 or 16,32 (default: image size / 2, at most 64)"),
     conditional: Optional[bool] = typer.Option(None, "--conditional", help="Class-conditional: conditional BN in G, projection D"),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help=f"One of {', '.join(map(str, SUPPORTED_IMAGE_SIZES))} [default: the dataset's]"),
-    channels: Optional[int] = typer.Option(None, "--channels", help="1 or 3 [default: the dataset's]"),
-    z_dim: Optional[int] = typer.Option(None, "--z-dim", help=f"Latent size [default: {MODEL_DEFAULTS.z_dim}]"),
-    g_width: Optional[int] = typer.Option(None, "--g-width", help=f"Generator width [default: {MODEL_DEFAULTS.g_width}]"),
-    d_width: Optional[int] = typer.Option(None, "--d-width", help=f"Discriminator width [default: {MODEL_DEFAULTS.d_width}]"),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help=f"One of {', '.join(map(str, SUPPORTED_IMAGE_SIZES))} (default: the dataset's)"),
+    channels: Optional[int] = typer.Option(None, "--channels", help="1 or 3 (default: the dataset's)"),
+    z_dim: Optional[int] = typer.Option(None, "--z-dim", help=f"Latent size (default: {MODEL_DEFAULTS.z_dim})"),
+    g_width: Optional[int] = typer.Option(None, "--g-width", help=f"Generator width (default: {MODEL_DEFAULTS.g_width})"),
+    d_width: Optional[int] = typer.Option(None, "--d-width", help=f"Discriminator width (default: {MODEL_DEFAULTS.d_width})"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help=f"Training iterations {_default_d('max_steps')}"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=_default_d("batch_size")),
     lr_g: Optional[float] = typer.Option(None, "--lr-g", help=f"Generator Adam learning rate {_default_d('lr_g')}"),
@@ -173,11 +177,11 @@ def train(
     beta1: Optional[float] = typer.Option(None, "--beta1", help=_default_d("beta1")),
     beta2: Optional[float] = typer.Option(None, "--beta2", help=_default_d("beta2")),
     d_steps: Optional[int] = typer.Option(None, "--d-steps", help=f"D updates per G update {_default_d('d_steps')}"),
-    ema: Optional[bool] = typer.Option(None, "--ema/--no-ema", help="Keep an EMA copy of G for sampling [default: ema]"),
+    ema: Optional[bool] = typer.Option(None, "--ema/--no-ema", help="Keep an EMA copy of G for sampling (default: ema)"),
     ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help=_default_d("ema_decay")),
     seed: Optional[int] = typer.Option(None, "--seed", help=f"Seed of every random draw {_default_d('seed')}"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps [default: auto]"),
-    name: Optional[str] = typer.Option(None, "--name", help="Run name [default: <dataset>-<attn|noattn>, numbered if taken]"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps (default: auto)"),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name (default: <dataset>-<attn|noattn>, numbered if taken)"),
     out: Path = typer.Option(Path("runs"), "--out", help="Folder that holds run directories"),
     save_every: Optional[int] = typer.Option(None, "--save-every", help=f"Checkpoint every N steps {_default_d('save_every')}"),
     sample_every: Optional[int] = typer.Option(None, "--sample-every", help=f"Preview grid every N steps {_default_d('sample_every')}"),
@@ -235,10 +239,13 @@ def train(
         run = RunDir.create(run_path, config, force=force, enabled=is_main_process())
     else:
         run = RunDir(run_path, enabled=is_main_process())
-        if checkpoint.name == "final.safetensors" and config.max_steps <= _checkpoint_step(checkpoint):
+        step = _checkpoint_step(checkpoint)
+        if checkpoint.name == "final.safetensors" and config.max_steps <= step:
             raise UsageError(
-                f"{run_path} already finished at step {config.max_steps}; pass a larger --max-steps to train on"
+                f"{run_path} already finished at step {step}; pass a larger --max-steps to train on"
             )
+        if config.max_steps < step:
+            raise UsageError(f"--max-steps {config.max_steps} is below the checkpoint's step {step} ({checkpoint}); raise it")
         run.write_config(config)
     reporter.log(f"run {run.path}: {config.dataset} ({data.source}, {len(data)} images), device {torch_device}")
     stop = StopFlag()
@@ -279,7 +286,7 @@ def sample(
     checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint written by sagan train"),
     num: int = typer.Option(64, "-n", "--num", help="How many images"),
     output: str = typer.Option("samples.png", "-o", "--output", help="A grid image (.png/.jpg/.webp) or a folder DIR/ of single PNGs"),
-    nrow: Optional[int] = typer.Option(None, "--nrow", help="Images per grid row [default: about sqrt(n)]"),
+    nrow: Optional[int] = typer.Option(None, "--nrow", help="Images per grid row (default: about sqrt(n))"),
     seed: int = typer.Option(0, "--seed", help="Seed of the latents: same seed, same images"),
     truncation: float = typer.Option(1.0, "--truncation", help="Scale latents by T in (0, 1]: lower = cleaner, less varied"),
     class_index: Optional[int] = typer.Option(None, "--class", help="Class to draw (conditional models only)"),
@@ -298,6 +305,8 @@ def sample(
         raise UsageError(f"--nrow must be at least 1, got {nrow}")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    if not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed must be in 0..{MAX_SEED}, got {seed}")
     path = Path(output)
     folder = wants_folder(path, output)
     names = [f"sample_{i:05d}.png" for i in range(num)]
@@ -309,13 +318,15 @@ def sample(
         checkpoint, num, seed=seed, truncation=truncation, class_index=class_index, use_ema=ema,
         device=device, batch_size=batch_size,
     )
-    if folder:
-        for i, name_ in enumerate(names):
-            save_image(images[i], path / name_, {**metadata, "index": str(i)})
-        print(path)
-    else:
-        save_image(make_grid(images, nrow), path, metadata)
-        print(path)
+    try:
+        if folder:
+            for i, name_ in enumerate(names):
+                save_image(images[i], path / name_, {**metadata, "index": str(i)})
+        else:
+            save_image(make_grid(images, nrow), path, metadata)
+    except OSError as exc:  # disk full, permissions changed since the check, ...
+        raise SaganError(f"cannot write {exc.filename or path}: {exc.strerror or exc}") from None
+    print(path)
 
 
 from . import cli_eval  # noqa: E402,F401  (registers interpolate, evaluate, compare on `app`)

@@ -9,6 +9,7 @@ is what a DistributedSampler-style shard by rank needs later.
 from __future__ import annotations
 
 import copy
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,9 +84,28 @@ def build_state(config: TrainConfig, device: torch.device) -> TrainState:
     generator = Generator(config.model).to(device, memory_format=memory_format)
     discriminator = Discriminator(config.model).to(device, memory_format=memory_format)
     generator_ema = copy.deepcopy(generator).eval().requires_grad_(False) if config.ema else None
-    optimizer_g = torch.optim.Adam(generator.parameters(), lr=config.lr_g, betas=(config.beta1, config.beta2))
-    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=(config.beta1, config.beta2))
+    optimizer_g = _adam(generator, config.lr_g, config, device)
+    optimizer_d = _adam(discriminator, config.lr_d, config, device)
     return TrainState(generator, discriminator, generator_ema, optimizer_g, optimizer_d)
+
+
+def _adam(module: torch.nn.Module, lr: float, config: TrainConfig, device: torch.device) -> torch.optim.Adam:
+    """Adam, fused (one kernel for all parameters) where torch has it: several times faster than the loop on CPU."""
+    fused = device.type in ("cpu", "cuda")
+    optimizer = torch.optim.Adam(module.parameters(), lr=lr, betas=(config.beta1, config.beta2), fused=fused)
+    if fused:
+        optimizer.register_load_state_dict_post_hook(_match_parameter_layout)
+    return optimizer
+
+
+def _match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give loaded moments their parameter's strides: the fused kernel walks param, grad and moments
+    as flat memory, so a contiguous moment for a channels_last weight would be silently misapplied."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if value.shape == param.shape and value.stride() != param.stride():
+                    optimizer.state[param][key] = torch.empty_like(param).copy_(value)
 
 
 def restore_state(state: TrainState, checkpoint: Path) -> None:
@@ -234,12 +254,30 @@ def train(
     state = build_state(config, device)
     if resume_from is not None:
         restore_state(state, resume_from)
+        run.rewind(state.step)
         reporter.log(f"resuming {run.path} from step {state.step} ({resume_from.name})")
     state.generator.train()
     state.discriminator.train()
     stop = stop or StopFlag()
     last_checkpoint = resume_from
     reporter.start(config.max_steps, state.step)
+    try:
+        return _train_loop(state, config, data, run, device, reporter, stop, last_checkpoint)
+    finally:
+        reporter.close()  # also on divergence or interruption: a live progress bar must not outlive the run
+
+
+def _train_loop(
+    state: TrainState,
+    config: TrainConfig,
+    data: ImageData,
+    run: RunDir,
+    device: torch.device,
+    reporter: Reporter,
+    stop: StopFlag,
+    last_checkpoint: Path | None,
+) -> Path | None:
+    """The step loop of `train`: log, preview, checkpoint; stop cleanly on a signal, loudly on divergence."""
     window_start, window_steps = time.perf_counter(), 0
     try:
         while state.step < config.max_steps:
@@ -269,16 +307,11 @@ def train(
     except KeyboardInterrupt:
         # Raised mid-step (no graceful handler installed, or a second Ctrl-C): the state may be
         # half-updated, so it is not saved; the last periodic checkpoint stays the resume point.
-        reporter.close()
         kept = f"resume from {last_checkpoint}" if last_checkpoint else "no checkpoint was saved"
         raise Interrupted(f"interrupted at step {state.step} without saving; {kept}", EXIT_SIGINT) from None
     if stop.signal_number is not None:
         path = save_training_checkpoint(state, config, run, run.step_name(state.step), data)
         run.prune_checkpoints(config.keep)
-        reporter.close()
-        code = EXIT_SIGINT if stop.signal_number == 2 else EXIT_SIGTERM
+        code = EXIT_SIGINT if stop.signal_number == signal.SIGINT else EXIT_SIGTERM
         raise Interrupted(f"stopped at step {state.step}; saved {path}; continue with: sagan train --resume {run.path}", code)
-    final = save_training_checkpoint(state, config, run, "final", data)
-    reporter.close()
-    return final
-
+    return save_training_checkpoint(state, config, run, "final", data)
