@@ -103,12 +103,13 @@ def _load_mnist_like(factory_name: str, name: str) -> Callable[[Path | None, boo
 
         try:
             dataset = _torchvision_dataset(getattr(tvd, factory_name), name, data_dir, download, train=True)
-        except DatasetError as exc:
+        except DatasetError:
             if name != "mnist" or data_dir is not None:
                 raise
             from .idx import load_bundled_mnist
 
-            log("notice: MNIST could not be downloaded (offline?); training on the 10,000 bundled MNIST test digits")
+            reason = "could not be downloaded (offline?)" if download else "is not in the cache (--no-download)"
+            log(f"notice: MNIST {reason}; using the 10,000 bundled MNIST test digits")
             images, labels = load_bundled_mnist()
             return images[:, None], labels, "bundled MNIST test digits"
         return dataset.data[:, None].clone(), dataset.targets.clone(), f"torchvision {factory_name} train"  # type: ignore[attr-defined]
