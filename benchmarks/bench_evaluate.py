@@ -15,7 +15,6 @@ MNIST checkpoint first. The first call fills the reference-feature cache and is 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time

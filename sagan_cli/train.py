@@ -26,7 +26,7 @@ from .errors import EXIT_SIGINT, EXIT_SIGTERM
 from .model import Discriminator, Generator, attention_gammas
 from .rundir import RunDir
 from .runtime import preferred_memory_format
-from .sampling import generate, make_grid, sample_labels, sample_latents
+from .sampling import generate, make_grid, sample_latents
 
 STREAM_LATENTS, STREAM_LABELS = 0, 1
 PREVIEW_SAMPLES = 64

@@ -51,14 +51,6 @@ def resumable_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "r"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    # Two OpenMP threads on two busy shared cores spin against each other: one is many times faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

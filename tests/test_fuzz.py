@@ -11,7 +11,6 @@ import tempfile
 import zlib
 from pathlib import Path
 
-import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -222,10 +221,3 @@ def test_mutated_images_are_loaded_or_skipped_never_crash(mutation: tuple[str, b
     if warnings:
         assert "skipped 1 unreadable image" in warnings[0]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

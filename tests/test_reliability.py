@@ -26,13 +26,6 @@ TINY = ["--batch-size", "8", "--g-width", "8", "--d-width", "8", "--z-dim", "16"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def checkpoint_steps(run: Path) -> dict[str, int]:
     """Every file under a run's real checkpoint names, with its step: each must be a complete checkpoint."""
