@@ -10,6 +10,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
+def compact_stats(stats: dict[str, float]) -> str:
+    """`D 1.23 G 0.45 γg14 +0.012 120 img/s`: what fits beside a progress bar on 80 columns."""
+    parts = [f"D {stats['loss_d']:.2f} G {stats['loss_g']:.2f}"] if "loss_d" in stats else []
+    parts += [f"γ{k[len('gamma_'):]} {v:+.3f}" for k, v in stats.items() if k.startswith("gamma")]
+    if "images_per_second" in stats:
+        parts.append(f"{stats['images_per_second']:.0f} img/s")
+    return " ".join(parts)
+
+
 def format_stats(stats: dict[str, float]) -> str:
     """`loss_d 1.23 loss_g 0.45 ... 120 img/s` in a stable order."""
     parts = [f"{k} {v:.3f}" for k, v in stats.items() if k.startswith(("loss", "d_"))]
@@ -52,10 +61,9 @@ class RichReporter:
         self.console = console or Console(stderr=True)
         self.progress = Progress(
             TextColumn("[bold]train"),
-            BarColumn(),
+            BarColumn(bar_width=16),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            TextColumn("eta"),
             TimeRemainingColumn(),
             TextColumn("{task.fields[stats]}"),
             console=self.console,
@@ -68,7 +76,7 @@ class RichReporter:
 
     def step(self, step: int, stats: dict[str, float]) -> None:
         if self.task is not None:
-            self.progress.update(self.task, completed=step, stats=format_stats(stats))
+            self.progress.update(self.task, completed=step, stats=compact_stats(stats))
 
     def log(self, message: str) -> None:
         self.console.print(message, highlight=False, markup=False)
