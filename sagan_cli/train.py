@@ -9,6 +9,7 @@ is what a DistributedSampler-style shard by rank needs later.
 from __future__ import annotations
 
 import copy
+import functools
 import signal
 import time
 from dataclasses import dataclass
@@ -73,8 +74,14 @@ def batch_indices(batch_number: int, dataset_size: int, batch_size: int, seed: i
     """Dataset indices of the n-th batch: epoch-wise permutations from (seed, epoch), last partial batch dropped."""
     per_epoch = dataset_size // batch_size
     epoch, position = divmod(batch_number, per_epoch)
-    order = torch.randperm(dataset_size, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    order = _epoch_order(dataset_size, seed, epoch)
     return order[position * batch_size : (position + 1) * batch_size]
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(dataset_size: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of one epoch, drawn once per epoch rather than once per step (read-only)."""
+    return torch.randperm(dataset_size, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
 
 
 def build_state(config: TrainConfig, device: torch.device) -> TrainState:
