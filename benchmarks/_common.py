@@ -140,3 +140,21 @@ def emit(result: dict[str, Any], as_json: bool, table: str) -> None:
     else:
         print(describe_machine(result["machine"]))
         print(table)
+
+
+def plain_upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Yardstick: nearest 2x upsampling, then a 3x3 conv on the big map (what popular code does)."""
+    return torch.nn.functional.conv2d(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)
+
+
+def plain_conv3x3_avgpool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Yardstick: a 3x3 conv on the big map, then 2x2 average pooling."""
+    return torch.nn.functional.avg_pool2d(torch.nn.functional.conv2d(x, weight, bias, padding=1), 2)
+
+
+def use_plain_convs() -> None:
+    """Swap the library's exact cheaper conv rewrites for the textbook formulations (same values)."""
+    from sagan_cli import model
+
+    model.upsample_conv3x3 = plain_upsample_conv3x3
+    model.conv3x3_avgpool = plain_conv3x3_avgpool

@@ -1,8 +1,9 @@
 """Sampling throughput through `sagan_cli.sampling.generate` (inference_mode, eval mode, uint8 out).
 
 The generator is built from a ModelConfig (random weights: speed does not depend on them) and
-put in eval mode, as `load_generator` returns it (contiguous memory format); the
-`channels_last` rows show what converting it would change.
+put in eval mode and channels_last, as `load_generator` returns it, after the allocator tuning
+the CLI applies at start-up. The other rows change one thing: `-contiguous` (memory format),
+`-plain-convs` (upsample-then-conv instead of the transposed-conv rewrite), `-default-malloc`.
 
     python benchmarks/bench_sampling.py --batch 64
 """
@@ -19,30 +20,37 @@ import _common as common
 import torch
 
 from sagan_cli.model import Generator, ModelConfig, count_parameters
+from sagan_cli.runtime import tune_cpu_allocator
 from sagan_cli.sampling import generate, sample_latents
 
 SCRIPT = Path(__file__).resolve()
-# name -> (image size, channels, width, memory format)
+# name -> (image size, channels, width, variant)
 CONFIGS: dict[str, tuple[int, int, int, str]] = {
-    "64px-w32": (64, 3, 32, "contiguous"),
-    "64px-w32-channels_last": (64, 3, 32, "channels_last"),
-    "64px-w64": (64, 3, 64, "contiguous"),
-    "64px-w64-channels_last": (64, 3, 64, "channels_last"),
-    "28px-mnist-w32": (28, 1, 32, "contiguous"),
-    "28px-mnist-w32-channels_last": (28, 1, 32, "channels_last"),
+    "64px-w32": (64, 3, 32, "default"),
+    "64px-w32-contiguous": (64, 3, 32, "contiguous"),
+    "64px-w32-plain-convs": (64, 3, 32, "plain-convs"),
+    "64px-w32-default-malloc": (64, 3, 32, "default-malloc"),
+    "64px-w64": (64, 3, 64, "default"),
+    "28px-mnist-w32": (28, 1, 32, "default"),
+    "28px-mnist-w32-contiguous": (28, 1, 32, "contiguous"),
 }
 
 
 def run_config(name: str, batch: int, batches: int, warmup: int, repeats: int) -> dict[str, Any]:
-    size, channels, width, memory_format = CONFIGS[name]
+    size, channels, width, variant = CONFIGS[name]
+    if variant != "default-malloc":
+        tune_cpu_allocator()  # as the CLI does at start-up
+    if variant == "plain-convs":
+        common.use_plain_convs()
     torch.manual_seed(0)
     generator = Generator(ModelConfig(image_size=size, channels=channels, g_width=width)).eval()
+    memory_format = "contiguous" if variant == "contiguous" else "channels_last"
     if memory_format == "channels_last":
         generator = generator.to(memory_format=torch.channels_last)
     latents = sample_latents(batch * batches, generator.config.z_dim, seed=0)
     seconds, times = common.median_time(lambda: generate(generator, latents, batch_size=batch), warmup, repeats)
     return {
-        "config": name, "image_size": size, "width": width, "memory_format": memory_format, "batch": batch,
+        "config": name, "image_size": size, "width": width, "variant": variant, "memory_format": memory_format, "batch": batch,
         "params_g": count_parameters(generator), "images": batch * batches, "seconds": seconds, "times": times,
         "images_per_s": batch * batches / seconds, "machine": common.machine(),
     }

@@ -8,7 +8,13 @@ per iteration with `torch.utils.flop_counter.FlopCounterMode`, measures the fp32
 The `reference-style` rows are a yardstick only: the same architecture trained the way popular
 SAGAN code does it (attention as a naive bmm that materialises the N x N map, fakes not detached
 so the D step back-propagates through G, separate D forwards for real and fake, a second G
-forward for the G step, D weight gradients computed in the G step).
+forward for the G step, D weight gradients computed in the G step, upsampling before G's 3x3
+convs and pooling after D's, the default malloc, per-parameter Adam).
+
+Every other row is the library's step with one thing changed: `w32-plain-convs` (G's up-conv and
+D's conv+pool on the big maps instead of the exact rewrites in `model.py`), `w32-default-malloc`
+(without `runtime.tune_cpu_allocator`, which the CLI calls at start-up), `w32-contiguous`,
+`w32-adam-*`, `w32-math-sdpa`, `w32-bf16`, `w32-compile`.
 
     python benchmarks/bench_train.py                 # default set of configurations
     python benchmarks/bench_train.py --configs ours-w32,ref-w32 --repeats 3
@@ -34,6 +40,7 @@ from sagan_cli import train as train_module
 from sagan_cli.config import TrainConfig
 from sagan_cli.data import ImageData, to_model_range
 from sagan_cli.model import ModelConfig, SelfAttention, count_parameters
+from sagan_cli.runtime import tune_cpu_allocator
 from sagan_cli.train import batch_indices, build_state, step_generator, train_step, STREAM_LATENTS
 
 # name -> (width, variant); variants are applied on top of the library's defaults.
@@ -42,6 +49,8 @@ CONFIGS: dict[str, tuple[int, str]] = {
     "ours-w64": (64, "default"),
     "ours-w16": (16, "default"),
     "w32-contiguous": (32, "contiguous"),
+    "w32-plain-convs": (32, "plain-convs"),
+    "w32-default-malloc": (32, "default-malloc"),
     "w32-adam-loop": (32, "adam-loop"),
     "w32-adam-foreach": (32, "adam-foreach"),
     "w32-adam-fused": (32, "adam-fused"),
@@ -51,7 +60,7 @@ CONFIGS: dict[str, tuple[int, str]] = {
     "ref-w32": (32, "reference"),
     "ref-w64": (64, "reference"),
 }
-DEFAULT_CONFIGS = "ours-w32,ref-w32,ours-w16,ours-w64,w32-adam-loop,w32-contiguous,w32-bf16"
+DEFAULT_CONFIGS = "ours-w32,ref-w32,ours-w16,ours-w64,w32-plain-convs,w32-default-malloc,w32-adam-loop,w32-contiguous"
 SCRIPT = Path(__file__).resolve()
 
 
@@ -121,6 +130,10 @@ def adam(params: Any, config: TrainConfig, lr: float, variant: str) -> torch.opt
 def run_config(name: str, image_size: int, batch: int, attn: int, warmup: int, repeats: int) -> dict[str, Any]:
     """Build, count FLOPs, time: one configuration in this process."""
     width, variant = CONFIGS[name]
+    if variant != "default-malloc":
+        tune_cpu_allocator()  # as the CLI does at start-up
+    if variant in ("plain-convs", "reference"):
+        common.use_plain_convs()  # upsample-then-conv and conv-then-pool on the big maps
     model = ModelConfig(image_size=image_size, channels=3, g_width=width, d_width=width, attn_resolutions=(attn,))
     config = TrainConfig(model=model, batch_size=batch, seed=0)
     device = torch.device("cpu")

@@ -16,6 +16,7 @@ from . import __version__
 from .config import MAX_SEED, RESUMABLE_OVERRIDES, TrainConfig, config_differences
 from .errors import EXIT_FAILURE, EXIT_SIGINT, EXIT_USAGE, SaganError, UsageError
 from .model import SUPPORTED_IMAGE_SIZES, ModelConfig
+from .runtime import tune_cpu_allocator
 
 DEFAULTS = TrainConfig()
 MODEL_DEFAULTS = ModelConfig()
@@ -90,6 +91,7 @@ def main_options(
     """
     if debug:
         os.environ["SAGAN_DEBUG"] = "1"
+    tune_cpu_allocator()  # large activations reused instead of re-faulted every step (docs/performance.md)
 
 
 def _parse_resolutions(text: str | None) -> tuple[int, ...] | None:

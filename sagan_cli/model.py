@@ -9,6 +9,7 @@ and self-attention blocks whose gate gamma starts at 0.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field, fields
 
@@ -103,6 +104,44 @@ def sn_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Modu
     return spectral_norm(nn.Linear(in_features, out_features, bias=bias))
 
 
+# Two exact rewrites that do the same arithmetic with fewer multiply-adds (docs/model.md derives them).
+# Along one axis, nearest 2x upsampling followed by a 3x3 conv (padding 1) gives output pixel 2i the
+# input rows (i-1, i) with taps (w0, w1+w2), and pixel 2i+1 the rows (i, i+1) with taps (w0+w1, w2):
+# a stride-2 transposed conv whose 4-tap kernel is UPSAMPLE_TAPS @ w (16 instead of 36 MACs per
+# input pixel and channel pair). A 3x3 conv followed by 2x2 average pooling is a stride-2 conv with
+# the 4-tap kernel POOL_TAPS @ w (16 instead of 36 MACs per output pixel and channel pair).
+UPSAMPLE_TAPS = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))  # (4, 3)
+POOL_TAPS = ((0.5, 0.0, 0.0), (0.5, 0.5, 0.0), (0.0, 0.5, 0.5), (0.0, 0.0, 0.5))  # (4, 3)
+
+
+def _like_input(kernel: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    # A kernel in x's memory format keeps oneDNN's gradients in that format too (a contiguous
+    # kernel on a channels_last input gives a contiguous input gradient, and every elementwise
+    # backward op after it then runs on mixed layouts, several times slower).
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return kernel.contiguous(memory_format=torch.channels_last) if channels_last else kernel
+
+
+@functools.lru_cache(maxsize=None)
+def _taps(kind: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor(UPSAMPLE_TAPS if kind == "up" else POOL_TAPS, device=device, dtype=dtype)  # (4, 3)
+
+
+def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """conv3x3(nearest_upsample_2x(x)) with padding 1, computed on the small map: (B,Cin,H,W)->(B,Cout,2H,2W)."""
+    taps = _taps("up", weight.device, weight.dtype)
+    kernel = torch.einsum("ka,lb,oiab->iokl", taps, taps, weight)  # (Cin, Cout, 4, 4), transposed-conv layout
+    return F.conv_transpose2d(x, _like_input(kernel, x), bias, stride=2, padding=1)
+
+
+def conv3x3_avgpool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """avg_pool2d(conv3x3(x), 2) with padding 1, as one stride-2 conv: (B,Cin,H,W)->(B,Cout,H/2,W/2)."""
+    taps = _taps("pool", weight.device, weight.dtype)
+    kernel = torch.einsum("ka,lb,oiab->oikl", taps, taps, weight)  # (Cout, Cin, 4, 4)
+    return F.conv2d(x, _like_input(kernel, x), bias, stride=2, padding=1)
+
+
+
 class SelfAttention(nn.Module):
     """SAGAN self-attention: o = x + gamma * W_v(softmax(f(x)^T g(x)) h(x)).
 
@@ -168,7 +207,10 @@ class ConditionalBatchNorm2d(nn.Module):
 
 
 class GeneratorBlock(nn.Module):
-    """Residual up-block: BN-ReLU-up-conv3-BN-ReLU-conv3, shortcut up-conv1. (B,Cin,H,W)->(B,Cout,2H,2W)."""
+    """Residual up-block: BN-ReLU-up-conv3-BN-ReLU-conv3, shortcut up-conv1. (B,Cin,H,W)->(B,Cout,2H,2W).
+
+    up-conv3 runs as one transposed conv on the small map (`upsample_conv3x3`), same values.
+    """
 
     def __init__(self, in_ch: int, out_ch: int, num_classes: int) -> None:
         super().__init__()
@@ -179,8 +221,8 @@ class GeneratorBlock(nn.Module):
         self.shortcut = sn_conv(in_ch, out_ch, 1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        h = F.interpolate(F.relu(self.bn1(x, y)), scale_factor=2, mode="nearest")
-        h = self.conv2(F.relu(self.bn2(self.conv1(h), y)))
+        h = upsample_conv3x3(F.relu(self.bn1(x, y)), self.conv1.weight, self.conv1.bias)  # (B, Cout, 2H, 2W)
+        h = self.conv2(F.relu(self.bn2(h, y)))
         # 1x1 conv then nearest upsampling: the same values as upsample-then-conv, 4x cheaper.
         return h + F.interpolate(self.shortcut(x), scale_factor=2, mode="nearest")
 
@@ -188,7 +230,8 @@ class GeneratorBlock(nn.Module):
 class DiscriminatorBlock(nn.Module):
     """Residual block: (ReLU)-conv3-ReLU-conv3-[avgpool], shortcut conv1-[avgpool] or identity.
 
-    (B, Cin, H, W) -> (B, Cout, H/2, W/2) when `down`, else (B, Cout, H, W).
+    (B, Cin, H, W) -> (B, Cout, H/2, W/2) when `down`, else (B, Cout, H, W). conv3-avgpool runs
+    as one stride-2 conv (`conv3x3_avgpool`), same values.
     """
 
     def __init__(self, in_ch: int, out_ch: int, first: bool, down: bool = True) -> None:
@@ -201,10 +244,10 @@ class DiscriminatorBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x if self.first else F.relu(x)
-        h = self.conv2(F.relu(self.conv1(h)))
+        h = F.relu(self.conv1(h))
         if not self.down:
-            return h + (x if self.shortcut is None else self.shortcut(x))
-        h = F.avg_pool2d(h, 2)
+            return self.conv2(h) + (x if self.shortcut is None else self.shortcut(x))
+        h = conv3x3_avgpool(h, self.conv2.weight, self.conv2.bias)  # (B, Cout, H/2, W/2)
         return h + self.shortcut(F.avg_pool2d(x, 2))  # pool then 1x1 conv: same values as conv then pool, 4x cheaper
 
 

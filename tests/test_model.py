@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sagan_cli.model import (
     SUPPORTED_IMAGE_SIZES,
@@ -12,7 +13,9 @@ from sagan_cli.model import (
     ModelConfig,
     SelfAttention,
     attention_gammas,
+    conv3x3_avgpool,
     feature_resolutions,
+    upsample_conv3x3,
 )
 
 TINY = {"g_width": 4, "d_width": 4, "z_dim": 16}
@@ -143,3 +146,53 @@ def test_model_config_json_round_trip_and_strictness() -> None:
 def test_feature_resolutions() -> None:
     assert feature_resolutions(28) == [7, 14, 28]
     assert feature_resolutions(128) == [4, 8, 16, 32, 64, 128]
+
+
+@pytest.mark.parametrize("size", [4, 7, 14])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsample_conv_equals_nearest_upsampling_then_conv3x3(size: int, channels_last: bool) -> None:
+    """G's up-conv runs as a transposed conv on the small map; values and gradients must be the
+    ones of the textbook formulation, at odd sizes (MNIST's 7 -> 14) and in both memory formats."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, size, size, dtype=torch.float64)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    weight = torch.randn(6, 5, 3, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    ours = upsample_conv3x3(x, weight, bias)  # (3, 6, 2S, 2S)
+    reference = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)
+    assert ours.shape == reference.shape == (3, 6, 2 * size, 2 * size)
+    assert torch.allclose(ours, reference, atol=1e-10)
+    probe = torch.randn_like(reference)
+    grads = torch.autograd.grad(ours, (x, weight, bias), probe)
+    reference_grads = torch.autograd.grad(reference, (x, weight, bias), probe)
+    for got, want in zip(grads, reference_grads):
+        assert torch.allclose(got, want, atol=1e-9)
+    if channels_last:  # a contiguous input gradient would make every later elementwise backward slow
+        assert grads[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("size", [8, 14, 28])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv_avgpool_equals_conv3x3_then_average_pooling(size: int, channels_last: bool) -> None:
+    """D's conv + 2x2 average pooling runs as one stride-2 conv; same values and gradients."""
+    torch.manual_seed(1)
+    x = torch.randn(3, 5, size, size, dtype=torch.float64)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    weight = torch.randn(6, 5, 3, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    ours = conv3x3_avgpool(x, weight, bias)  # (3, 6, S/2, S/2)
+    reference = F.avg_pool2d(F.conv2d(x, weight, bias, padding=1), 2)
+    assert ours.shape == reference.shape == (3, 6, size // 2, size // 2)
+    assert torch.allclose(ours, reference, atol=1e-10)
+    probe = torch.randn_like(reference)
+    grads = torch.autograd.grad(ours, (x, weight, bias), probe)
+    reference_grads = torch.autograd.grad(reference, (x, weight, bias), probe)
+    for got, want in zip(grads, reference_grads):
+        assert torch.allclose(got, want, atol=1e-9)
+    if channels_last:
+        assert grads[0].is_contiguous(memory_format=torch.channels_last)
+
