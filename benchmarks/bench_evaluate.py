@@ -25,11 +25,13 @@ import torch
 
 from sagan_cli.digits import load_digits_classifier, uint8_to_model_input
 from sagan_cli.model import Generator, ModelConfig
+from sagan_cli.runtime import tune_cpu_allocator
 from sagan_cli.sampling import generate, sample_latents
 
 
 def proxy(n: int, batch: int, classifier_batch: int, memory_format: str) -> dict[str, Any]:
     """Generate n digits and extract classifier features + logits; seconds for each part."""
+    tune_cpu_allocator()  # as the CLI does at start-up
     torch.manual_seed(0)
     generator = Generator(ModelConfig()).eval()  # the default MNIST architecture (28x28, width 32)
     classifier = load_digits_classifier()
@@ -71,9 +73,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=("proxy", "cli"), default="proxy")
     parser.add_argument("--n", type=int, default=10_000)
-    parser.add_argument("--batch", type=int, default=256, help="generation batch size")
+    parser.add_argument("--batch", type=int, default=500, help="generation batch size (sagan evaluate's default)")
     parser.add_argument("--classifier-batch", type=int, default=1000)
-    parser.add_argument("--memory-formats", default="contiguous,channels_last")
+    parser.add_argument("--memory-formats", default="channels_last,contiguous")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--json", action="store_true")

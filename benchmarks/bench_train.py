@@ -17,7 +17,7 @@ D's conv+pool on the big maps instead of the exact rewrites in `model.py`), `w32
 `w32-adam-*`, `w32-math-sdpa`, `w32-bf16`, `w32-compile`.
 
     python benchmarks/bench_train.py                 # default set of configurations
-    python benchmarks/bench_train.py --configs ours-w32,ref-w32 --repeats 3
+    python benchmarks/bench_train.py --configs ours-w32,ref-w32 --repeats 3 --rounds 3
     python benchmarks/bench_train.py --json
 """
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -130,8 +131,8 @@ def adam(params: Any, config: TrainConfig, lr: float, variant: str) -> torch.opt
 def run_config(name: str, image_size: int, batch: int, attn: int, warmup: int, repeats: int) -> dict[str, Any]:
     """Build, count FLOPs, time: one configuration in this process."""
     width, variant = CONFIGS[name]
-    if variant != "default-malloc":
-        tune_cpu_allocator()  # as the CLI does at start-up
+    if variant not in ("default-malloc", "reference"):
+        tune_cpu_allocator()  # as the CLI does at start-up; popular code runs on the default malloc
     if variant in ("plain-convs", "reference"):
         common.use_plain_convs()  # upsample-then-conv and conv-then-pool on the big maps
     model = ModelConfig(image_size=image_size, channels=3, g_width=width, d_width=width, attn_resolutions=(attn,))
@@ -176,8 +177,19 @@ def run_config(name: str, image_size: int, batch: int, attn: int, warmup: int, r
     with counter:
         one_step()
     flops = counter.get_total_flops()
-    peak = common.gemm_peak_gflops()
-    seconds, times = common.median_time(one_step, warmup=warmup, repeats=repeats)
+    for _ in range(warmup):
+        one_step()
+    # The GEMM peak is measured right before every timed step: on a shared VM the machine's speed
+    # drifts by 2x over minutes, and the fraction of peak is only meaningful against a peak taken
+    # under the same conditions.
+    times, peaks = [], []
+    for _ in range(repeats):
+        peaks.append(common.gemm_peak_gflops(repeats=3))
+        start = time.perf_counter()
+        one_step()
+        times.append(time.perf_counter() - start)
+    fractions = [flops / t / 1e9 / p for t, p in zip(times, peaks)]
+    seconds = statistics.median(times)
     gflops_per_s = flops / seconds / 1e9
     images_per_iteration = batch  # one D step and one G step on `batch` fresh fakes and reals
     return {
@@ -191,14 +203,39 @@ def run_config(name: str, image_size: int, batch: int, attn: int, warmup: int, r
         "gflop_per_iter": flops / 1e9,
         "seconds_per_iter": seconds,
         "times": times,
+        "gemm_peaks": peaks,
+        "fractions": fractions,
         "images_per_s": images_per_iteration / seconds,
         "gflops_per_s": gflops_per_s,
-        "gemm_peak_gflops": peak,
-        "fraction_of_peak": gflops_per_s / peak,
+        "gemm_peak_gflops": statistics.median(peaks),
+        "fraction_of_peak": statistics.median(fractions),
         "compile_seconds": compile_seconds,
         "peak_rss_mb": common.peak_rss_mb(),
         "machine": common.machine(),
     }
+
+
+def merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row per configuration: medians over every timed step of every round."""
+    ok = [r for r in rounds if "error" not in r]
+    if not ok:
+        return rounds[-1]
+    row = dict(ok[0])
+    times = [t for r in ok for t in r["times"]]
+    seconds = statistics.median(times)
+    row.update(
+        rounds=len(ok),
+        times=times,
+        gemm_peaks=[p for r in ok for p in r["gemm_peaks"]],
+        fractions=[f for r in ok for f in r["fractions"]],
+        seconds_per_iter=seconds,
+        images_per_s=row["batch"] / seconds,
+        gflops_per_s=row["gflop_per_iter"] / seconds,
+        peak_rss_mb=max(r["peak_rss_mb"] for r in ok),
+    )
+    row["gemm_peak_gflops"] = statistics.median(row["gemm_peaks"])
+    row["fraction_of_peak"] = statistics.median(row["fractions"])
+    return row
 
 
 COLUMNS = [
@@ -222,31 +259,36 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--attn", type=int, default=32, help="attention feature-map size in G and D")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per configuration and round")
+    parser.add_argument("--rounds", type=int, default=1, help="run the configuration list this many times, interleaved")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON result here after every configuration")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    if args.rounds < 1 or args.repeats < 1:
+        parser.error("--rounds and --repeats must be at least 1")
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         parser.error(f"unknown config(s) {unknown}; choose from {', '.join(CONFIGS)}")
     if args.child:
         print(json.dumps(run_config(names[0], args.image_size, args.batch, args.attn, args.warmup, args.repeats)))
         return
-    rows = []
-    for name in names:
-        child_args = ["--configs", name, "--image-size", str(args.image_size), "--batch", str(args.batch),
-                      "--attn", str(args.attn), "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
-        row = common.run_child(SCRIPT, child_args)
-        row.setdefault("config", name)
-        rows.append(row)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for round_index in range(args.rounds):  # interleaved, so slow phases of the machine hit every config
+        for name in names:
+            child_args = ["--configs", name, "--image-size", str(args.image_size), "--batch", str(args.batch),
+                          "--attn", str(args.attn), "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
+            row = common.run_child(SCRIPT, child_args)
+            row.setdefault("config", name)
+            runs[name].append(row)
+            if not args.json:
+                print(f"  round {round_index + 1}: {name}: {row.get('images_per_s', row.get('error'))}", file=sys.stderr, flush=True)
+        rows = [merge_rounds(runs[name]) for name in names if runs[name]]
         if args.out:
             partial = {"benchmark": "train", "machine": common.machine(), "rows": rows, "command": " ".join(sys.argv),
                        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "child", "out")}}
             args.out.write_text(json.dumps(partial, indent=1))
-        if not args.json:
-            print(f"  done {name}: {row.get('images_per_s', row.get('error'))}", file=sys.stderr, flush=True)
     result = {"benchmark": "train", "machine": common.machine(), "rows": rows,
               "settings": {k: v for k, v in vars(args).items() if k not in ("json", "child", "out")}}
     common.emit(result, args.json, common.format_table(rows, COLUMNS))

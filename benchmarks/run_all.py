@@ -25,15 +25,15 @@ def suites(quick: bool, naive_full: bool) -> dict[str, list[str]]:
     repeats = ["--repeats", "2" if quick else "3"]
     naive_budget = str(4096 * (64 if naive_full else 16))
     return {
-        "train": ["bench_train.py", *repeats] + (["--configs", "ours-w32,ours-w16,ref-w32"] if quick else []),
+        "train": ["bench_train.py", *repeats, "--rounds", "1" if quick else "2"] + (["--configs", "ours-w32,ours-w16,ref-w32"] if quick else []),
         "train128": ["bench_train.py", "--configs", "ours-w32", "--image-size", "128", "--attn", "64", "--batch", "32",
                      "--warmup", "1", "--repeats", "2"],
         "attention": ["bench_attention.py", "--repeats", "2" if quick else "3", "--naive-max-tokens-batch", naive_budget]
         + (["--sizes", "8,16,32"] if quick else []),
         "attention_kernels": ["bench_attention.py", "--kernels", "--sizes", "8,14,16,32,64"],
         "sampling": ["bench_sampling.py", *repeats],
-        "evaluate": ["bench_evaluate.py", "--repeats", "1", "--memory-formats", "contiguous"],
-        "evaluate_cli": ["bench_evaluate.py", "--mode", "cli", "--repeats", "1"],
+        "evaluate": ["bench_evaluate.py", "--repeats", "3"],
+        "evaluate_cli": ["bench_evaluate.py", "--mode", "cli", "--repeats", "3"],
     }
 
 

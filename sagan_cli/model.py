@@ -141,7 +141,6 @@ def conv3x3_avgpool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return F.conv2d(x, _like_input(kernel, x), bias, stride=2, padding=1)
 
 
-
 class SelfAttention(nn.Module):
     """SAGAN self-attention: o = x + gamma * W_v(softmax(f(x)^T g(x)) h(x)).
 
