@@ -299,7 +299,8 @@ def sample(
 ) -> None:
     """Draw images from a checkpoint; prints the written path(s) on stdout."""
     from .outputs import check_output_file, check_output_folder, wants_folder
-    from .sampling import IMAGE_SUFFIXES, sample_from_checkpoint, make_grid, save_image
+    from .checkpoint import read_checkpoint_info
+    from .sampling import IMAGE_SUFFIXES, check_sample_count, make_grid, sample_from_checkpoint, save_image
 
     if num < 1:
         raise UsageError(f"-n must be at least 1, got {num}")
@@ -311,6 +312,7 @@ def sample(
         raise UsageError(f"--seed must be in 0..{MAX_SEED}, got {seed}")
     path = Path(output)
     folder = wants_folder(path, output)
+    check_sample_count(num, read_checkpoint_info(checkpoint).model, grid=not folder)
     names = [f"sample_{i:05d}.png" for i in range(num)]
     if folder:
         check_output_folder(path, names, force)

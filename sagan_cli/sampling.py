@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -12,7 +13,7 @@ from PIL.PngImagePlugin import PngInfo
 from .checkpoint import CheckpointInfo, load_generator
 from .data import to_uint8
 from .errors import UsageError
-from .model import Generator
+from .model import Generator, ModelConfig
 
 GRID_PADDING = 2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -29,6 +30,34 @@ def sample_latents(n: int, z_dim: int, seed: int, truncation: float = 1.0) -> to
     # latent independent of n, so `sample -n 1` and `sample -n 64` agree on the first image.
     padded = -(-z_dim // 16) * 16
     return torch.randn(n, padded, generator=generator)[:, :z_dim] * truncation
+
+
+def available_memory_bytes() -> int:
+    """Memory this process can still get: MemAvailable on Linux, else the machine's physical memory."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62  # unknown platform: do not refuse
+
+
+def check_sample_count(n: int, model: ModelConfig, grid: bool = False) -> None:
+    """Refuse, before any work, an -n whose latents and images cannot fit in memory."""
+    padded = -(-model.z_dim // 16) * 16
+    per_image = padded * 4 + model.channels * model.image_size**2  # float32 latent + uint8 image
+    if grid:
+        per_image += model.channels * (model.image_size + GRID_PADDING) ** 2
+    need, have = n * per_image, available_memory_bytes()
+    if need > have:
+        raise UsageError(
+            f"-n {n} needs about {need / 2**30:,.1f} GiB of memory for latents and images, "
+            f"more than the {have / 2**30:,.1f} GiB available; ask for fewer images"
+        )
 
 
 def sample_labels(n: int, num_classes: int, seed: int, class_index: int | None = None) -> torch.Tensor | None:
@@ -131,6 +160,7 @@ def sample_from_checkpoint(
     torch_device = resolve_device(device)
     generator, info = load_generator(Path(path), use_ema=use_ema, device=torch_device)
     check_class(class_index, info.model.num_classes)
+    check_sample_count(n, info.model)
     latents = sample_latents(n, info.model.z_dim, seed, truncation)
     labels = sample_labels(n, info.model.num_classes, seed, class_index)
     images = generate(generator, latents, labels, batch_size)

@@ -119,6 +119,14 @@ def test_bad_checkpoints_are_refused_with_the_reason(kind: str, tiny_checkpoint:
     assert not output.exists()
 
 
+@pytest.mark.parametrize("output", ["grid.png", "folder/"])
+def test_sample_count_beyond_memory_is_refused_before_any_work(output: str, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    # Was: an out-of-memory crash (exit 1) after minutes, or a hang building a trillion file names.
+    target = tmp_path / output
+    assert_one_error(run_cli("sample", tiny_checkpoint, "-n", str(10**12), "-o", target), EXIT_USAGE, "-n 1000000000000", "GiB")
+    assert not target.exists()
+
+
 def test_a_checkpoint_whose_header_length_starts_like_a_pickle_still_loads(tiny_checkpoint: Path, tmp_path: Path) -> None:
     # Regression: the pickle sniffing looked at the first byte alone, which for a safetensors
     # file is the low byte of the header length, so ~1 in 256 real checkpoints were refused.
