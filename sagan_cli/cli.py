@@ -158,7 +158,7 @@ def _resolve_resume(
 
 
 @app.command(
-    epilog="Example: sagan train --dataset mnist --attention    (about 15 minutes on a 2-core CPU)",
+    epilog="Example: sagan train --dataset mnist --attention    (about 16 minutes on a 2-core CPU)",
 )
 def train(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help=f"mnist, fashion-mnist, cifar10, celeba, or a folder of images {_default_d('dataset')}"),
