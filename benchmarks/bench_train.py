@@ -3,7 +3,8 @@
 Each configuration runs in a fresh subprocess: it builds the state through the library, times
 `train_step` on a real `ImageData` of random uint8 images (median after warm-up), counts FLOPs
 per iteration with `torch.utils.flop_counter.FlopCounterMode`, measures the fp32 GEMM peak
-(2048^3 torch.mm) right before timing, and reports achieved GFLOP/s as a fraction of it.
+(2048^3 torch.mm) right before every timed step, and reports achieved GFLOP/s as a fraction of it.
+`--rounds N` runs the whole configuration list N times, interleaved, and merges the timings.
 
 The `reference-style` rows are a yardstick only: the same architecture trained the way popular
 SAGAN code does it (attention as a naive bmm that materialises the N x N map, fakes not detached
@@ -11,10 +12,11 @@ so the D step back-propagates through G, separate D forwards for real and fake, 
 forward for the G step, D weight gradients computed in the G step, upsampling before G's 3x3
 convs and pooling after D's, the default malloc, per-parameter Adam).
 
-Every other row is the library's step with one thing changed: `w32-plain-convs` (G's up-conv and
-D's conv+pool on the big maps instead of the exact rewrites in `model.py`), `w32-default-malloc`
-(without `runtime.tune_cpu_allocator`, which the CLI calls at start-up), `w32-contiguous`,
-`w32-adam-*`, `w32-math-sdpa`, `w32-bf16`, `w32-compile`.
+Every other row is the library's step with one thing changed: `w32-no-reuse` (a fresh G
+forward for the G step instead of reusing the D step's fakes), `w32-plain-convs` (G's up-conv
+and D's conv+pool on the big maps instead of the exact rewrites in `model.py`),
+`w32-default-malloc` (without `runtime.tune_cpu_allocator`, which the CLI calls at start-up),
+`w32-contiguous`, `w32-adam-*`, `w32-math-sdpa`, `w32-bf16`, `w32-compile`.
 
     python benchmarks/bench_train.py                 # default set of configurations
     python benchmarks/bench_train.py --configs ours-w32,ref-w32 --repeats 3 --rounds 3
@@ -52,6 +54,7 @@ CONFIGS: dict[str, tuple[int, str]] = {
     "w32-contiguous": (32, "contiguous"),
     "w32-plain-convs": (32, "plain-convs"),
     "w32-default-malloc": (32, "default-malloc"),
+    "w32-no-reuse": (32, "no-reuse"),
     "w32-adam-loop": (32, "adam-loop"),
     "w32-adam-foreach": (32, "adam-foreach"),
     "w32-adam-fused": (32, "adam-fused"),
@@ -61,7 +64,7 @@ CONFIGS: dict[str, tuple[int, str]] = {
     "ref-w32": (32, "reference"),
     "ref-w64": (64, "reference"),
 }
-DEFAULT_CONFIGS = "ours-w32,ref-w32,ours-w16,ours-w64,w32-plain-convs,w32-default-malloc,w32-adam-loop,w32-contiguous"
+DEFAULT_CONFIGS = "ours-w32,ref-w32,ours-w16,ours-w64,w32-plain-convs,w32-default-malloc,w32-no-reuse,w32-adam-loop,w32-contiguous"
 SCRIPT = Path(__file__).resolve()
 
 
@@ -116,6 +119,30 @@ def reference_step(state: train_module.TrainState, data: ImageData, config: Trai
     state.step += 1
 
 
+def no_reuse_step(state: train_module.TrainState, data: ImageData, config: TrainConfig, device: torch.device) -> None:
+    """Ablation only: the library's step, except that the G step runs a fresh G forward instead of
+    reusing the D step's fakes (same values: G has not changed in between)."""
+    G, D, batch = state.generator, state.discriminator, config.batch_size
+    indices = batch_indices(state.step, len(data), batch, config.seed)
+    real = to_model_range(data.images[indices]).to(device, memory_format=torch.channels_last)
+    rng = step_generator(config.seed, state.step, STREAM_LATENTS)
+    z = torch.randn(batch, config.model.z_dim, generator=rng)
+    with torch.no_grad():
+        fake = G(z)
+    scores = D(torch.cat([real, fake]))
+    loss_d = F.relu(1.0 - scores[:batch]).mean() + F.relu(1.0 + scores[batch:]).mean()
+    state.optimizer_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    state.optimizer_d.step()
+    D.requires_grad_(False)
+    loss_g = -D(G(z)).mean()  # the second G forward that train_step avoids
+    state.optimizer_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    state.optimizer_g.step()
+    D.requires_grad_(True)
+    state.step += 1
+
+
 def random_data(n: int, channels: int, size: int, seed: int = 0) -> ImageData:
     """A real ImageData of random uint8 images (the trainer's input type)."""
     generator = torch.Generator().manual_seed(seed)
@@ -162,7 +189,7 @@ def run_config(name: str, image_size: int, batch: int, attn: int, warmup: int, r
     if variant == "compile":
         state.generator.compile()
         state.discriminator.compile()
-    step = reference_step if variant == "reference" else train_step
+    step = {"reference": reference_step, "no-reuse": no_reuse_step}.get(variant, train_step)
 
     def one_step() -> None:
         with context():
