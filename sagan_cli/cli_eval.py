@@ -260,20 +260,34 @@ def _print_compare_table(rows: list[Any], extractor: Any, reference: Any, option
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="sagan compare", title_justify="left")
-    for title in ("model", "attention", "G params", "steps", "train time"):
-        table.add_column(title, justify="left" if title in ("model", "attention") else "right")
     shown = [(key, title, fmt) for key, title, fmt in METRIC_COLUMNS if any(key in row.metrics for row in rows)]
-    for _, title, _ in shown:
-        table.add_column(title, justify="right")
-    table.add_column("img/s", justify="right")
-    for row in rows:
+
+    def train_time(row: Any) -> str:
         minutes, seconds = divmod(int(round(row.info.train_seconds)), 60)
-        table.add_row(
-            row.name, row.attention, f"{row.parameters:,}", str(row.info.step), f"{minutes}m{seconds:02d}s",
-            *[_format_metric(row.metrics, key, fmt, with_std=False) for key, _, fmt in shown],
-            f"{row.images_per_second:.0f}",
-        )
+        return f"{minutes}m{seconds:02d}s"
+
+    titles = ["model", "attention", "G params", "steps", "train time", *[title for _, title, _ in shown], "img/s"]
+    cells = [  # one list of field values per model
+        [row.name, row.attention, f"{row.parameters:,}", str(row.info.step), train_time(row),
+         *[_format_metric(row.metrics, key, fmt, with_std=False) for key, _, fmt in shown],
+         f"{row.images_per_second:.0f}"]
+        for row in rows
+    ]
     console = Console(stderr=True)
+    # A few models read best side by side, one column each (and fit 80 columns); many, one row each.
+    tall_width = max(map(len, titles)) + sum(max(map(len, values)) + 3 for values in cells) + 4
+    table = Table(title="sagan compare", title_justify="left")
+    if tall_width <= console.width:
+        table.add_column("")
+        for values in cells:
+            table.add_column(values[0], justify="right", overflow="fold")
+        for index, title in enumerate(titles[1:], start=1):
+            table.add_row(title, *[values[index] for values in cells])
+    else:
+        for title in titles:
+            left = title in ("model", "attention")
+            table.add_column(title, justify="left" if left else "right", overflow="fold", no_wrap=not left)
+        for values in cells:
+            table.add_row(*values)
     console.print(table)
     _print_details(console, extractor, options.num_samples, options.seed, reference.data_id, int(reference.images.shape[0]))
