@@ -63,8 +63,8 @@ class GeneratorInput(GenerativeModelBase):
 
     torch-fidelity asks for batches in order; each call returns the next images of `latents`, so
     sample i has the latent (and label) of image i of `sagan sample --seed S -n N`. Generation time is
-    recorded from the second batch on: the first pays one-off kernel set-up (oneDNN primitives, caches),
-    which made whichever model `sagan compare` scored first look up to 20% slower.
+    recorded from the second batch on, because the first pays one-off kernel set-up (oneDNN primitives,
+    caches). `sagan compare` times speed separately (`compare.sampling_speeds`).
     """
 
     def __init__(self, generator: Generator, latents: torch.Tensor, labels: torch.Tensor | None, batch_size: int) -> None:
