@@ -6,17 +6,19 @@ Layout::
     runs/<name>/metrics.jsonl          one JSON object per logged step
     runs/<name>/samples/step_000250.png
     runs/<name>/checkpoints/step_000500.safetensors, final.safetensors
+    runs/<name>/.lock                  flock held by the process training the run
 
 Only the main process (rank 0) writes; other ranks get a RunDir with enabled=False.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -26,6 +28,7 @@ from .errors import CheckpointError, UsageError
 from .sampling import save_image
 
 CONFIG_FILE = "config.json"
+LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.jsonl"
 STEP_PATTERN = re.compile(r"^step_(\d+)\.safetensors$")
 FINAL_NAME = "final"
@@ -40,6 +43,35 @@ class RunDir:
         self.checkpoints = self.path / "checkpoints"
         self.samples = self.path / "samples"
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator["RunDir"]:
+        """Hold an exclusive lock on the run while training it: two processes training one run would
+        overwrite each other's checkpoints and metrics. Released when the block or process ends."""
+        if not self.enabled:
+            yield self
+            return
+        handle = self._acquire_lock()
+        try:
+            yield self
+        finally:
+            handle.close()  # closing the file releases the lock
+
+    def _acquire_lock(self) -> Any:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; run directories are not protected there
+            return open(self.path / LOCK_FILE, "a")
+        handle = open(self.path / LOCK_FILE, "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise UsageError(
+                f"{self.path} is being trained by another process right now; wait for it to finish, "
+                "or train under another --name"
+            ) from None
+        return handle
+
     @classmethod
     def create(cls, path: Path, config: TrainConfig, force: bool = False, enabled: bool = True) -> "RunDir":
         """Start a new run directory; an existing run is only replaced with force."""
@@ -53,6 +85,7 @@ class RunDir:
                     )
                 if not (run.path / CONFIG_FILE).exists():
                     raise UsageError(f"{run.path} exists and is not a sagan run; refusing to replace it even with --force")
+                run._acquire_lock().close()  # refuse to delete a run that another process is training
                 shutil.rmtree(run.path)
             run.checkpoints.mkdir(parents=True, exist_ok=True)
             run.samples.mkdir(parents=True, exist_ok=True)

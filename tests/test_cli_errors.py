@@ -405,3 +405,22 @@ def test_sagan_debug_env_shows_the_traceback_in_a_real_process() -> None:
     )
     assert loud.returncode == EXIT_FAILURE
     assert "Traceback (most recent call last)" in loud.stderr and "RuntimeError: kaboom" in loud.stderr
+
+
+def test_a_run_that_another_process_trains_is_left_alone(resumable_run: Path, tmp_path: Path) -> None:
+    # Two processes on one run overwrote each other's checkpoints and metrics; the second is now refused.
+    import shutil
+
+    from sagan_cli.rundir import RunDir
+
+    run = tmp_path / "r"
+    shutil.copytree(resumable_run, run)
+    with RunDir(run).locked():  # what a running `sagan train` holds
+        before = snapshot(run)
+        resumed = run_cli("train", "--resume", run, "--max-steps", "5")
+        assert_one_error(resumed, EXIT_USAGE, str(run), "being trained by another process")
+        replaced = run_cli("train", *TINY, "--max-steps", "1", "--out", tmp_path, "--name", "r", "--force")
+        assert_one_error(replaced, EXIT_USAGE, "being trained by another process")
+        assert snapshot(run) == before
+    result = run_cli("train", "--resume", run, "--max-steps", "4")  # free again once the lock is gone
+    assert result.exit_code == 0, result.stderr
