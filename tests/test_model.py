@@ -148,11 +148,30 @@ def test_feature_resolutions() -> None:
     assert feature_resolutions(128) == [4, 8, 16, 32, 64, 128]
 
 
-@pytest.mark.parametrize("size", [4, 7, 14])
+def _textbook_upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)
+
+
+def _textbook_conv_avgpool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(F.conv2d(x, weight, bias, padding=1), 2)
+
+
+# (ours, the textbook formulation, output size for input size S); sizes include MNIST's odd 7 and 14
+REWRITES = {
+    "upsample_conv3x3": (upsample_conv3x3, _textbook_upsample_conv, lambda size: 2 * size),
+    "conv3x3_avgpool": (conv3x3_avgpool, _textbook_conv_avgpool, lambda size: size // 2),
+}
+
+
+@pytest.mark.parametrize(
+    "rewrite,size",
+    [("upsample_conv3x3", s) for s in (4, 7, 14)] + [("conv3x3_avgpool", s) for s in (8, 14, 28)],
+)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_upsample_conv_equals_nearest_upsampling_then_conv3x3(size: int, channels_last: bool) -> None:
-    """G's up-conv runs as a transposed conv on the small map; values and gradients must be the
-    ones of the textbook formulation, at odd sizes (MNIST's 7 -> 14) and in both memory formats."""
+def test_conv_rewrites_equal_the_textbook_formulation(rewrite: str, size: int, channels_last: bool) -> None:
+    """G's up-conv (a transposed conv on the small map) and D's conv + average pooling (one stride-2
+    conv) must give the values and gradients of the textbook formulation, in both memory formats."""
+    ours_fn, textbook_fn, out_size = REWRITES[rewrite]
     torch.manual_seed(0)
     x = torch.randn(3, 5, size, size, dtype=torch.float64)
     if channels_last:
@@ -160,9 +179,8 @@ def test_upsample_conv_equals_nearest_upsampling_then_conv3x3(size: int, channel
     x.requires_grad_()
     weight = torch.randn(6, 5, 3, 3, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(6, dtype=torch.float64, requires_grad=True)
-    ours = upsample_conv3x3(x, weight, bias)  # (3, 6, 2S, 2S)
-    reference = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)
-    assert ours.shape == reference.shape == (3, 6, 2 * size, 2 * size)
+    ours, reference = ours_fn(x, weight, bias), textbook_fn(x, weight, bias)
+    assert ours.shape == reference.shape == (3, 6, out_size(size), out_size(size))
     assert torch.allclose(ours, reference, atol=1e-10)
     probe = torch.randn_like(reference)
     grads = torch.autograd.grad(ours, (x, weight, bias), probe)
@@ -171,28 +189,3 @@ def test_upsample_conv_equals_nearest_upsampling_then_conv3x3(size: int, channel
         assert torch.allclose(got, want, atol=1e-9)
     if channels_last:  # a contiguous input gradient would make every later elementwise backward slow
         assert grads[0].is_contiguous(memory_format=torch.channels_last)
-
-
-@pytest.mark.parametrize("size", [8, 14, 28])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_conv_avgpool_equals_conv3x3_then_average_pooling(size: int, channels_last: bool) -> None:
-    """D's conv + 2x2 average pooling runs as one stride-2 conv; same values and gradients."""
-    torch.manual_seed(1)
-    x = torch.randn(3, 5, size, size, dtype=torch.float64)
-    if channels_last:
-        x = x.to(memory_format=torch.channels_last)
-    x.requires_grad_()
-    weight = torch.randn(6, 5, 3, 3, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(6, dtype=torch.float64, requires_grad=True)
-    ours = conv3x3_avgpool(x, weight, bias)  # (3, 6, S/2, S/2)
-    reference = F.avg_pool2d(F.conv2d(x, weight, bias, padding=1), 2)
-    assert ours.shape == reference.shape == (3, 6, size // 2, size // 2)
-    assert torch.allclose(ours, reference, atol=1e-10)
-    probe = torch.randn_like(reference)
-    grads = torch.autograd.grad(ours, (x, weight, bias), probe)
-    reference_grads = torch.autograd.grad(reference, (x, weight, bias), probe)
-    for got, want in zip(grads, reference_grads):
-        assert torch.allclose(got, want, atol=1e-9)
-    if channels_last:
-        assert grads[0].is_contiguous(memory_format=torch.channels_last)
-
