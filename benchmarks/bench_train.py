@@ -51,6 +51,7 @@ CONFIGS: dict[str, tuple[int, str]] = {
     "ours-w32": (32, "default"),
     "ours-w64": (64, "default"),
     "ours-w16": (16, "default"),
+    "ours-cli-default": (0, "default"),  # ModelConfig's own widths: what `sagan train --image-size 64` builds
     "w32-contiguous": (32, "contiguous"),
     "w32-plain-convs": (32, "plain-convs"),
     "w32-default-malloc": (32, "default-malloc"),
@@ -162,7 +163,8 @@ def run_config(name: str, image_size: int, batch: int, attn: int, warmup: int, r
         tune_cpu_allocator()  # as the CLI does at start-up; popular code runs on the default malloc
     if variant in ("plain-convs", "reference"):
         common.use_plain_convs()  # upsample-then-conv and conv-then-pool on the big maps
-    model = ModelConfig(image_size=image_size, channels=3, g_width=width, d_width=width, attn_resolutions=(attn,))
+    widths = {"g_width": width, "d_width": width} if width else {}  # 0: the library's default widths
+    model = ModelConfig(image_size=image_size, channels=3, attn_resolutions=(attn,), **widths)
     config = TrainConfig(model=model, batch_size=batch, seed=0)
     device = torch.device("cpu")
     if variant == "contiguous":
