@@ -57,11 +57,11 @@ class RunDir:
             handle.close()  # closing the file releases the lock
 
     def _acquire_lock(self) -> Any:
+        handle = open(self.path / LOCK_FILE, "a")
         try:
             import fcntl
         except ImportError:  # Windows: no advisory locks; run directories are not protected there
-            return open(self.path / LOCK_FILE, "a")
-        handle = open(self.path / LOCK_FILE, "a")
+            return handle
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
