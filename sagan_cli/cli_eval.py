@@ -16,7 +16,7 @@ import typer
 from .cli import app
 from .errors import EXIT_GATE, SaganError, UsageError
 
-EXTRACTOR_HELP = "auto, inception or digits (default: auto = inception if its weights are present, else digits for 28x28 grayscale)"
+EXTRACTOR_HELP = "auto, inception or digits (default: auto = inception if its weights are present, else digits for grey 1-channel models)"
 INCEPTION_HELP = "Inception weights file (default: $TORCH_HOME/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth)"
 WALK_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 METRIC_COLUMNS = (  # (torch-fidelity key, column title, format)

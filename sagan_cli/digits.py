@@ -15,6 +15,7 @@ import importlib.resources
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
@@ -24,6 +25,7 @@ __all__ = [
     "NUM_CLASSES",
     "IMAGE_SIZE",
     "digits_weights_path",
+    "fit_to_classifier",
     "load_digits_classifier",
     "uint8_to_model_input",
 ]
@@ -75,6 +77,19 @@ def uint8_to_model_input(images: torch.Tensor) -> torch.Tensor:
     if images.dim() == 3:
         images = images.unsqueeze(1)
     return images.float() / 127.5 - 1.0
+
+
+def fit_to_classifier(pixels: torch.Tensor) -> torch.Tensor:
+    """Float grey images (N, 1, H, W) -> (N, 1, 28, 28): unchanged at 28x28, else an antialiased bilinear resize.
+
+    This lets a model trained on digits at 32 or 64 px be scored in the same feature space, the way
+    Inception resizes every input to 299x299. Samples and reference go through the same resize.
+    """
+    if pixels.dim() != 4 or pixels.shape[1] != 1:
+        raise ValueError(f"expected grey images (N, 1, H, W), got {tuple(pixels.shape)}")
+    if tuple(pixels.shape[2:]) == (IMAGE_SIZE, IMAGE_SIZE):
+        return pixels
+    return F.interpolate(pixels, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True, align_corners=False)
 
 
 def digits_weights_path() -> Path:

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from .digits import IMAGE_SIZE as DIGITS_IMAGE_SIZE, DigitsClassifier, digits_weights_path, uint8_to_model_input
+from .digits import IMAGE_SIZE as DIGITS_IMAGE_SIZE, DigitsClassifier, digits_weights_path, fit_to_classifier, uint8_to_model_input
 from .errors import UsageError
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -55,8 +55,9 @@ class DigitsFeatureExtractor(FeatureExtractorBase):
         return torch.zeros(1, 3, DIGITS_IMAGE_SIZE, DIGITS_IMAGE_SIZE, dtype=torch.uint8)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """uint8 (N, 3, 28, 28) grey images repeated to RGB -> features in the order of `features_list`."""
-        pixels = uint8_to_model_input(images[:, :1]).contiguous(memory_format=torch.channels_last)  # (N, 1, 28, 28)
+        """uint8 (N, 3, H, W) grey images repeated to RGB -> features in the order of `features_list`."""
+        pixels = fit_to_classifier(uint8_to_model_input(images[:, :1]))  # (N, 1, 28, 28)
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
         features, logits = self.classifier(pixels)  # (N, 128), (N, 10)
         named = {"digits-features": features.float(), "digits-logits": logits.float()}
         return tuple(named[name] for name in self.features_list)
@@ -101,7 +102,7 @@ def _missing_inception_message(path: Path, given: bool) -> str:
         f"Inception weights not found at {path} ({where}); they cannot be downloaded offline. "
         f"Copy {INCEPTION_WEIGHTS_FILE} (from the torch-fidelity v0.2.0 GitHub release) to "
         f"{default_inception_weights()} or pass --inception-weights PATH; offline alternative: "
-        "--extractor digits (28x28 grayscale models only)"
+        "--extractor digits (grey digit models only)"
     )
 
 
@@ -131,10 +132,10 @@ def _check_inception_state_dict(path: Path) -> None:
 
 
 def _digits_unsupported(channels: int, image_size: int) -> str | None:
-    if (channels, image_size) == (1, DIGITS_IMAGE_SIZE):
-        return None
+    if channels == 1:
+        return None  # other sizes are resized to 28x28 (digits.fit_to_classifier)
     return (
-        f"the digits extractor only scores 1-channel {DIGITS_IMAGE_SIZE}x{DIGITS_IMAGE_SIZE} images; this model makes "
+        f"the digits extractor only scores 1-channel (grey) images; this model makes "
         f"{channels}-channel {image_size}x{image_size} images: use --extractor inception"
     )
 

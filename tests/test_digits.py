@@ -11,9 +11,11 @@ from sagan_cli.digits import (
     NUM_CLASSES,
     DigitsClassifier,
     digits_weights_path,
+    fit_to_classifier,
     load_digits_classifier,
     uint8_to_model_input,
 )
+from sagan_cli.data import resize_images
 from sagan_cli.idx import load_bundled_mnist
 
 
@@ -78,3 +80,23 @@ def test_features_deterministic_in_eval(classifier: DigitsClassifier) -> None:
         f3, _ = classifier(x[:8])  # batch composition must not matter in eval mode
     assert torch.equal(f1, f2) and torch.equal(l1, l2)
     assert torch.allclose(f1[:8], f3, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_digits_trained_at_other_sizes_are_still_recognised(classifier: DigitsClassifier, size: int) -> None:
+    # What `sagan evaluate --extractor digits` does for a 1-channel model trained at 32 or 64 px:
+    # the data pipeline's resize up, then fit_to_classifier back down to 28x28.
+    images, labels = load_bundled_mnist()
+    images, labels = images[:2000], labels[:2000]
+    resized = resize_images(images.unsqueeze(1), 1, size)  # (N, 1, size, size) uint8
+    assert resized.shape[-1] == size
+    with torch.no_grad():
+        _, logits = classifier(fit_to_classifier(uint8_to_model_input(resized)))
+    assert float((logits.argmax(1) == labels).float().mean()) >= 0.98
+
+
+def test_fit_to_classifier_leaves_28px_alone_and_rejects_rgb() -> None:
+    x = torch.rand(2, 1, 28, 28)
+    assert fit_to_classifier(x) is x
+    with pytest.raises(ValueError, match="grey"):
+        fit_to_classifier(torch.rand(2, 3, 64, 64))

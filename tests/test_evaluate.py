@@ -23,7 +23,7 @@ from sagan_cli.metrics import (
 )
 
 from conftest import run_cli
-from eval_support import isolate_caches
+from eval_support import isolate_caches, untrained_checkpoint
 
 N = 100  # samples per evaluation in these tests: enough for the assertions, fast on 2 busy cores
 
@@ -140,12 +140,23 @@ def test_auto_extractor_choice(tmp_path: Path, random_inception_weights: Path) -
     assert resolve_extractor("auto", 1, 28).name == "digits"  # no Inception weights in the isolated TORCH_HOME
     with pytest.raises(UsageError, match="Inception weights not found"):
         resolve_extractor("auto", 3, 32)
-    with pytest.raises(UsageError, match="only scores 1-channel 28x28"):
+    with pytest.raises(UsageError, match="only scores 1-channel"):
         resolve_extractor("digits", 3, 32)
+    assert resolve_extractor("auto", 1, 64).name == "digits"  # grey models of any size: resized to 28x28
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     hub.mkdir(parents=True)
     (hub / INCEPTION_WEIGHTS_FILE).symlink_to(random_inception_weights)
     assert resolve_extractor("auto", 1, 28).name == "inception"
+
+
+def test_grey_model_at_32px_is_scored_with_digits_offline(tmp_path_factory: pytest.TempPathFactory) -> None:
+    checkpoint = untrained_checkpoint(tmp_path_factory, "mnist32", image_size=32)
+    result = run_cli("evaluate", checkpoint, "--fid", "-n", N, "--no-cache", "--json")
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["extractor"]["name"] == "digits"
+    assert payload["reference"]["id"].endswith("x1x32x32")  # the reference is resized like the samples
+    assert payload["metrics"][KEY_FID] > 50  # untrained: far from digits
 
 
 def test_random_inception_state_dict_loads_via_flag(tiny_checkpoint: Path, random_inception_weights: Path) -> None:
