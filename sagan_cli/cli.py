@@ -248,11 +248,11 @@ def train(
             )
         if config.max_steps < step:
             raise UsageError(f"--max-steps {config.max_steps} is below the checkpoint's step {step} ({checkpoint}); raise it")
-    reporter.log(f"run {run.path}: {config.dataset} ({data.source}, {len(data)} images), device {torch_device}")
     stop = StopFlag()
     previous_handlers = _install_signal_handlers(stop)
     try:
         with run.locked():
+            reporter.log(f"run {run.path}: {config.dataset} ({data.source}, {len(data)} images), device {torch_device}")
             if checkpoint is not None:
                 run.write_config(config)  # under the lock: a refused second process changes nothing
             final = run_training(config, data, run, torch_device, reporter, stop=stop, resume_from=checkpoint)

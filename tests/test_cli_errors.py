@@ -419,6 +419,7 @@ def test_a_run_that_another_process_trains_is_left_alone(resumable_run: Path, tm
         before = snapshot(run)
         resumed = run_cli("train", "--resume", run, "--max-steps", "5")
         assert_one_error(resumed, EXIT_USAGE, str(run), "being trained by another process")
+        assert f"run {run}:" not in resumed.stderr  # no "training this run" line before the refusal
         replaced = run_cli("train", *TINY, "--max-steps", "1", "--out", tmp_path, "--name", "r", "--force")
         assert_one_error(replaced, EXIT_USAGE, "being trained by another process")
         assert snapshot(run) == before
