@@ -11,8 +11,12 @@ from .model import ModelConfig
 
 # Keys of a run that may change on --resume without changing what is being trained.
 RESUMABLE_OVERRIDES = frozenset(
-    {"max_steps", "save_every", "sample_every", "log_every", "keep", "device", "num_workers"}
+    {"max_steps", "save_every", "sample_every", "log_every", "keep", "device"}
 )
+# Keys that configs written by earlier versions may hold; they are dropped on reading so old runs and
+# checkpoints keep loading (num_workers: batches are drawn by index from preloaded tensors, so there
+# never were loader workers, and no flag ever set it).
+RETIRED_KEYS = frozenset({"num_workers"})
 
 MAX_SEED = 2**32 - 1  # per-step generators are seeded from (seed, step); larger seeds overflow them
 MAX_CONFIG_INT = 2**40  # no count, size or step of a real run comes near this
@@ -41,7 +45,6 @@ class TrainConfig:
     sample_every: int = 250
     log_every: int = 50
     keep: int = 3
-    num_workers: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -56,7 +59,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        """Build from a dict; unknown keys are an error."""
+        """Build from a dict; unknown keys are an error (retired ones are dropped)."""
+        data = {key: value for key, value in data.items() if key not in RETIRED_KEYS}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -89,8 +93,6 @@ class TrainConfig:
             raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.seed <= MAX_SEED:
             raise UsageError(f"--seed must be in 0..{MAX_SEED}, got {self.seed}")
-        if self.num_workers < 0:
-            raise UsageError(f"--num-workers must be >= 0, got {self.num_workers}")
         return self
 
     def with_overrides(self, **changes: Any) -> "TrainConfig":

@@ -237,3 +237,25 @@ def test_only_safetensors_is_loaded_from_user_paths() -> None:
                 found[f"{source.name}:{number}"] = line.strip()
     allowed = {where: line for where, line in found.items() if "torch.load(" in line and "weights_only=True" in line}
     assert found == allowed, f"pickle-capable loaders outside the Inception weights check: {set(found) - set(allowed)}"
+
+
+def test_checkpoints_and_runs_from_before_num_workers_was_retired_still_load(tiny_run: Path, tmp_path: Path) -> None:
+    # Earlier versions wrote `"num_workers": 0` into every run config and checkpoint; those must keep
+    # loading (sample, evaluate, --resume) now that the field is gone.
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from sagan_cli.config import TrainConfig
+
+    source = tiny_run / "checkpoints" / "final.safetensors"
+    with safe_open(str(source), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    train = json.loads(metadata["train_config"])
+    assert "num_workers" not in train
+    metadata["train_config"] = json.dumps({**train, "num_workers": 0})
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(source), str(old), metadata=metadata)
+    assert read_checkpoint_info(old).train == read_checkpoint_info(source).train
+    assert TrainConfig.from_dict({**TrainConfig().to_dict(), "num_workers": 0}) == TrainConfig()
+    result = run_cli("sample", old, "-n", 4, "-o", tmp_path / "grid.png")
+    assert result.exit_code == 0, result.stderr
