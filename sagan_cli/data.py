@@ -15,10 +15,10 @@ from typing import Callable, Iterator
 
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as TF
 
 from .errors import DatasetError, UsageError
 from .model import SUPPORTED_IMAGE_SIZES
+from .runtime import available_memory_bytes
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 DOWNLOAD_TIMEOUT_SECONDS = 20
@@ -175,6 +175,8 @@ def resize_images(images: torch.Tensor, channels: int, image_size: int) -> torch
             weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
             images = (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
     if images.shape[-2:] != (image_size, image_size):
+        from torchvision.transforms.v2 import functional as TF  # lazy: torchvision takes ~1.5 s to import
+
         images = TF.resize(images, image_size, antialias=True)
         images = TF.center_crop(images, [image_size, image_size])
     return images.contiguous()
@@ -187,6 +189,8 @@ def _pil_to_tensor(image: Image.Image, channels: int, image_size: int) -> torch.
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
     image = image.convert(mode)
+    from torchvision.transforms.v2 import functional as TF  # lazy, as in resize_images
+
     tensor = TF.pil_to_tensor(image)  # (C, H, W) uint8
     return resize_images(tensor[None], channels, image_size)[0]
 
@@ -196,9 +200,25 @@ def find_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
+def check_dataset_memory(count: int, channels: int, image_size: int, what: str) -> None:
+    """Refuse, before decoding anything, a set whose preloaded uint8 tensor cannot fit in memory."""
+    need, have = count * channels * image_size**2, available_memory_bytes()
+    if need > have:
+        raise UsageError(
+            f"{what}: {count:,} images at {channels}x{image_size}x{image_size} need {need / 2**30:,.1f} GiB of memory "
+            f"once decoded (sagan preloads the whole set), more than the {have / 2**30:,.1f} GiB available; "
+            "train at a smaller --image-size or on fewer images"
+        )
+
+
 def load_image_paths(paths: list[Path], channels: int, image_size: int, log: Log, what: str) -> torch.Tensor:
-    """Decode image files into uint8 (N, C, S, S), skipping unreadable ones with one warning."""
-    tensors, skipped = [], []
+    """Decode image files into uint8 (N, C, S, S), skipping unreadable ones with one warning.
+
+    The tensor is allocated once and filled in place, so the peak is the set itself, not twice it.
+    """
+    check_dataset_memory(len(paths), channels, image_size, what)
+    images = torch.empty((len(paths), channels, image_size, image_size), dtype=torch.uint8)  # (N, C, S, S)
+    count, skipped = 0, []
     for path in paths:
         try:
             with warnings.catch_warnings():
@@ -207,14 +227,15 @@ def load_image_paths(paths: list[Path], channels: int, image_size: int, log: Log
                     if image.width * image.height > MAX_IMAGE_PIXELS:
                         raise ValueError(f"{image.width}x{image.height} is too large")  # checked before decoding
                     image.load()
-                    tensors.append(_pil_to_tensor(image, channels, image_size))
+                    images[count] = _pil_to_tensor(image, channels, image_size)
+                    count += 1
         except Exception:  # noqa: BLE001 - a decoder fails in many ways on a damaged file; any of them means unreadable
             skipped.append(path)
     if skipped:
         log(f"warning: skipped {len(skipped)} unreadable image(s) in {what}, e.g. {skipped[0]}")
-    if not tensors:
+    if count == 0:
         raise DatasetError(f"no readable image in {what} ({len(paths)} file(s) tried)")
-    return torch.stack(tensors)
+    return images[:count]
 
 
 def load_folder(folder: Path, channels: int, image_size: int, log: Log) -> ImageData:

@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -39,6 +40,20 @@ def process_rank() -> int:
 def is_main_process() -> bool:
     """Only rank 0 writes files; every rank computes."""
     return process_rank() == 0
+
+
+def available_memory_bytes() -> int:
+    """Memory this process can still get: MemAvailable on Linux, else the machine's physical memory."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62  # unknown platform: do not refuse
 
 
 def preferred_memory_format(device: torch.device) -> torch.memory_format:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from .checkpoint import CheckpointInfo, load_generator
 from .data import to_uint8
 from .errors import UsageError
 from .model import Generator, ModelConfig
+from .runtime import available_memory_bytes
 
 GRID_PADDING = 2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -30,20 +30,6 @@ def sample_latents(n: int, z_dim: int, seed: int, truncation: float = 1.0) -> to
     # latent independent of n, so `sample -n 1` and `sample -n 64` agree on the first image.
     padded = -(-z_dim // 16) * 16
     return torch.randn(n, padded, generator=generator)[:, :z_dim] * truncation
-
-
-def available_memory_bytes() -> int:
-    """Memory this process can still get: MemAvailable on Linux, else the machine's physical memory."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62  # unknown platform: do not refuse
 
 
 def check_sample_count(n: int, model: ModelConfig, grid: bool = False) -> None:

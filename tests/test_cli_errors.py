@@ -178,6 +178,21 @@ def test_dataset_folder_with_no_readable_image(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_folder_too_big_for_memory_is_refused_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The whole set is preloaded as uint8; on a machine without room for it, say so before decoding
+    # for minutes and running out of memory (CelebA at 128 px is ~9.9 GB).
+    import sagan_cli.data
+
+    folder = tmp_path / "many"
+    _write_digits(folder, 5)
+    monkeypatch.setattr(sagan_cli.data, "available_memory_bytes", lambda: 1000)  # a machine with 1000 bytes free
+    result = run_cli(
+        "train", *TINY, "--max-steps", "1", "--dataset", folder, "--image-size", "28", "--channels", "1", "--out", tmp_path / "runs",
+    )
+    assert_one_error(result, EXIT_USAGE, "5 images at 1x28x28", "GiB available", "--image-size")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_corrupt_images_are_skipped_with_a_count(tmp_path: Path) -> None:
     folder = tmp_path / "mixed"
     _write_digits(folder, 9)
