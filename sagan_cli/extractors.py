@@ -135,7 +135,7 @@ def _digits_unsupported(channels: int, image_size: int) -> str | None:
     if channels == 1:
         return None  # other sizes are resized to 28x28 (digits.fit_to_classifier)
     return (
-        f"the digits extractor only scores 1-channel (grey) images; this model makes "
+        "the digits extractor only scores 1-channel (grey) images; this model makes "
         f"{channels}-channel {image_size}x{image_size} images: use --extractor inception"
     )
 
