@@ -46,12 +46,12 @@ from sagan_cli.model import ModelConfig, SelfAttention, count_parameters
 from sagan_cli.runtime import tune_cpu_allocator
 from sagan_cli.train import batch_indices, build_state, step_generator, train_step, STREAM_LATENTS
 
-# name -> (width, variant); variants are applied on top of the library's defaults.
-CONFIGS: dict[str, tuple[int, str]] = {
+# name -> (width, variant); width is G's and D's, or (G width, D width); variants apply on top of the library's defaults.
+CONFIGS: dict[str, tuple[int | tuple[int, int], str]] = {
     "ours-w32": (32, "default"),
     "ours-w64": (64, "default"),
     "ours-w16": (16, "default"),
-    "ours-cli-default": (0, "default"),  # ModelConfig's own widths: what `sagan train --image-size 64` builds
+    "w32-d64": ((32, 64), "default"),  # D width 64: the 64 px default until D width became size-dependent
     "w32-contiguous": (32, "contiguous"),
     "w32-plain-convs": (32, "plain-convs"),
     "w32-default-malloc": (32, "default-malloc"),
@@ -163,8 +163,8 @@ def run_config(name: str, image_size: int, batch: int, attn: int, warmup: int, r
         tune_cpu_allocator()  # as the CLI does at start-up; popular code runs on the default malloc
     if variant in ("plain-convs", "reference"):
         common.use_plain_convs()  # upsample-then-conv and conv-then-pool on the big maps
-    widths = {"g_width": width, "d_width": width} if width else {}  # 0: the library's default widths
-    model = ModelConfig(image_size=image_size, channels=3, attn_resolutions=(attn,), **widths)
+    g_width, d_width = width if isinstance(width, tuple) else (width, width)
+    model = ModelConfig(image_size=image_size, channels=3, attn_resolutions=(attn,), g_width=g_width, d_width=d_width)
     config = TrainConfig(model=model, batch_size=batch, seed=0)
     device = torch.device("cpu")
     if variant == "contiguous":
