@@ -241,7 +241,8 @@ def test_only_safetensors_is_loaded_from_user_paths() -> None:
 
 def test_checkpoints_and_runs_from_before_num_workers_was_retired_still_load(tiny_run: Path, tmp_path: Path) -> None:
     # Earlier versions wrote `"num_workers": 0` into every run config and checkpoint; those must keep
-    # loading (sample, evaluate, --resume) now that the field is gone.
+    # loading now that the field is gone (sample, evaluate and --resume all read them through
+    # TrainConfig.from_dict).
     from safetensors import safe_open
     from safetensors.torch import save_file
 
