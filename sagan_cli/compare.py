@@ -89,17 +89,18 @@ def compare_checkpoints(paths: list[Path], options: EvalOptions, cache_folder: P
     model = infos[0].model
     extractor = resolve_extractor(options.extractor, model.channels, model.image_size, options.inception_weights)
     reference = load_reference(reference_name, infos[0], options.num_samples, log)
-    rows, generators = [], []
-    for name, path, info in zip(display_names(paths), paths, infos):
+    names = display_names(paths)
+    generators, scores = [], []
+    for name, path, info in zip(names, paths, infos):
         log(f"scoring {name} ({options.num_samples} samples, seed {options.seed}, {extractor.name} extractor)")
-        generator = load_for_scoring(path, options)
-        results, _ = score_generator(generator, info, reference, extractor, options, cache_folder)
-        rows.append(CompareRow(name, path, file_sha256(path), info, count_parameters(generator), results, 0.0))
-        generators.append(generator)
+        generators.append(load_for_scoring(path, options))
+        scores.append(score_generator(generators[-1], info, reference, extractor, options, cache_folder)[0])
     log("timing sampling speed")
     speeds = sampling_speeds(generators, min(options.num_samples, 2 * options.batch_size), options.batch_size, options.seed)
-    for row, speed in zip(rows, speeds):
-        row.images_per_second = speed
+    rows = [
+        CompareRow(name, path, file_sha256(path), info, count_parameters(generator), results, speed)
+        for name, path, info, generator, results, speed in zip(names, paths, infos, generators, scores, speeds)
+    ]
     return rows, extractor, reference
 
 
