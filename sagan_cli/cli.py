@@ -13,9 +13,9 @@ import typer
 from typer.core import TyperGroup
 
 from . import __version__
-from .config import MAX_SEED, RESUMABLE_OVERRIDES, TrainConfig, config_differences
+from .config import RESUMABLE_OVERRIDES, TrainConfig, check_seed, config_differences
 from .errors import EXIT_FAILURE, EXIT_SIGINT, EXIT_USAGE, SaganError, UsageError
-from .model import SUPPORTED_IMAGE_SIZES, ModelConfig
+from .model import SUPPORTED_IMAGE_SIZES, ModelConfig, feature_resolutions
 from .runtime import tune_cpu_allocator
 
 DEFAULTS = TrainConfig()
@@ -300,8 +300,8 @@ def sample(
     force: bool = typer.Option(False, "--force", help="Overwrite existing output files"),
 ) -> None:
     """Draw images from a checkpoint; prints the written path(s) on stdout."""
-    from .outputs import check_output_file, check_output_folder, wants_folder
     from .checkpoint import read_checkpoint_info
+    from .outputs import check_output_file, check_output_folder, remove_earlier_samples, sample_file_names, wants_folder
     from .sampling import IMAGE_SUFFIXES, check_sample_count, make_grid, sample_from_checkpoint, save_image
 
     if num < 1:
@@ -310,12 +310,11 @@ def sample(
         raise UsageError(f"--nrow must be at least 1, got {nrow}")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-    if not 0 <= seed <= MAX_SEED:
-        raise UsageError(f"--seed must be in 0..{MAX_SEED}, got {seed}")
+    check_seed(seed)
     path = Path(output)
     folder = wants_folder(path, output)
     check_sample_count(num, read_checkpoint_info(checkpoint).model, grid=not folder)
-    names = [f"sample_{i:05d}.png" for i in range(num)]
+    names = sample_file_names(num)
     if folder:
         check_output_folder(path, names, force)
     else:
@@ -324,14 +323,14 @@ def sample(
         checkpoint, num, seed=seed, truncation=truncation, class_index=class_index, use_ema=ema,
         device=device, batch_size=batch_size,
     )
-    try:
-        if folder:
-            for i, name_ in enumerate(names):
-                save_image(images[i], path / name_, {**metadata, "index": str(i)})
-        else:
-            save_image(make_grid(images, nrow), path, metadata)
-    except OSError as exc:  # disk full, permissions changed since the check, ...
-        raise SaganError(f"cannot write {exc.filename or path}: {exc.strerror or exc}") from None
+    if folder:  # each write is atomic and reports its own failure as one line
+        for i, name_ in enumerate(names):
+            save_image(images[i], path / name_, {**metadata, "index": str(i)})
+        removed = remove_earlier_samples(path, names)  # only with --force: check_output_folder refuses otherwise
+        if removed:
+            print(f"removed {len(removed)} sample file(s) of an earlier run from {path}", file=sys.stderr)
+    else:
+        save_image(make_grid(images, nrow), path, metadata)
     print(path)
 
 

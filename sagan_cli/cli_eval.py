@@ -16,9 +16,8 @@ import typer
 from .cli import app
 from .errors import EXIT_GATE, SaganError, UsageError
 
-EXTRACTOR_HELP = "auto, inception or digits (default: auto = inception if its weights are present, else digits for grey 1-channel models)"
+EXTRACTOR_HELP = "auto, inception or digits (default: auto = inception if --inception-weights is given or its weights are present, else digits for grey 1-channel models)"
 INCEPTION_HELP = "Inception weights file (default: $TORCH_HOME/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth)"
-WALK_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 METRIC_COLUMNS = (  # (torch-fidelity key, column title, format)
     ("frechet_inception_distance", "FID", "{:.3f}"),
     ("inception_score_mean", "IS", "{:.3f}"),
@@ -83,7 +82,7 @@ def interpolate(
     from .checkpoint import load_generator
     from .outputs import check_output_file
     from .runtime import resolve_device
-    from .sampling import check_class, check_truncation, make_grid, save_gif, save_image
+    from .sampling import WALK_SUFFIXES, check_class, check_truncation, make_grid, save_gif, save_image
     from .walk import parse_classes, parse_seeds, plan_rows, walk
 
     if steps < 2:
@@ -184,11 +183,12 @@ def _print_eval_table(result: Any) -> None:
     console.print(f"speed       {result.images_per_second:.0f} images/s", highlight=False, markup=False)
 
 
-def _print_details(console: Any, extractor: Any, num_samples: int, seed: int, reference_id: str, reference_images: int) -> None:
+def _print_details(console: Any, extractor: Any, num_samples: int, seed: int, reference_id: str | None, reference_images: int | None) -> None:
+    reference = "none (IS needs no reference)" if reference_id is None else f"{reference_id} ({reference_images} images)"
     for label, text in (
         ("extractor", f"{extractor.name} ({extractor.fidelity_name}, weights sha256 {extractor.weights_sha256[:12]})"),
         ("samples", f"{num_samples}, seed {seed}"),
-        ("reference", f"{reference_id} ({reference_images} images)"),
+        ("reference", reference),
     ):
         console.print(f"{label:<11} {text}", highlight=False, markup=False, soft_wrap=True)
 
@@ -245,7 +245,7 @@ def compare(
             "schema": "sagan.compare/1",
             "extractor": {"name": used_extractor.name, "fidelity_name": used_extractor.fidelity_name,
                           "weights_sha256": used_extractor.weights_sha256},
-            "reference": {"id": reference.data_id, "num_images": int(reference.images.shape[0])},
+            "reference": None if reference is None else {"id": reference.data_id, "num_images": int(reference.images.shape[0])},
             "num_samples": num_samples, "seed": seed, "truncation": truncation,
             "models": [row.to_json() for row in rows],
             "grid": str(output) if output is not None else None,
@@ -290,4 +290,5 @@ def _print_compare_table(rows: list[Any], extractor: Any, reference: Any, option
         for values in cells:
             table.add_row(*values)
     console.print(table)
-    _print_details(console, extractor, options.num_samples, options.seed, reference.data_id, int(reference.images.shape[0]))
+    reference_id, reference_images = (None, None) if reference is None else (reference.data_id, int(reference.images.shape[0]))
+    _print_details(console, extractor, options.num_samples, options.seed, reference_id, reference_images)

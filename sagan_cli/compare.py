@@ -15,7 +15,7 @@ from .errors import UsageError
 from .evaluation import EvalOptions, load_for_scoring, load_reference, score_generator
 from .extractors import Extractor, file_sha256, resolve_extractor
 from .model import count_parameters
-from .sampling import generate, sample_labels, sample_latents
+from .sampling import check_sample_count, generate, sample_labels, sample_latents
 
 Log = Callable[[str], None]
 
@@ -67,12 +67,28 @@ def display_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def check_compatible(infos: list[CheckpointInfo], paths: list[Path], ref: str | None) -> str:
-    """All models must make the same image shape; returns the reference name to use."""
+def check_distinct(paths: list[Path]) -> None:
+    """The same file twice would only compare a model with itself."""
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        key = Path(path).expanduser().resolve()
+        if key in seen:
+            if str(seen[key]) == str(path):
+                raise UsageError(f"{path} is given twice; compare different checkpoints")
+            raise UsageError(f"{seen[key]} and {path} are the same file; compare different checkpoints")
+        seen[key] = path
+
+
+def check_compatible(infos: list[CheckpointInfo], paths: list[Path], ref: str | None, needs_reference: bool = True) -> str | None:
+    """All models must make the same image shape; returns the reference name to use (None when no metric needs one)."""
     shapes = {(info.model.channels, info.model.image_size) for info in infos}
     if len(shapes) > 1:
-        listed = ", ".join(f"{p.name}: {i.model.channels}x{i.model.image_size}x{i.model.image_size}" for p, i in zip(paths, infos))
+        listed = ", ".join(
+            f"{name}: {i.model.channels}x{i.model.image_size}x{i.model.image_size}" for name, i in zip(display_names(paths), infos)
+        )
         raise UsageError(f"checkpoints make different image shapes ({listed}); compare models of one shape")
+    if not needs_reference:
+        return None
     datasets = {info.dataset for info in infos}
     if ref is None and len(datasets) > 1:
         raise UsageError(f"checkpoints were trained on different datasets ({', '.join(sorted(datasets))}); pass --ref to pick one")
@@ -80,21 +96,24 @@ def check_compatible(infos: list[CheckpointInfo], paths: list[Path], ref: str | 
 
 
 def compare_checkpoints(paths: list[Path], options: EvalOptions, cache_folder: Path, log: Log) -> tuple[list[CompareRow], Extractor, Any]:
-    """Score every checkpoint against one reference with one extractor and the same latents."""
+    """Score every checkpoint against one reference (None for IS alone) with one extractor and the same latents."""
     options.validate()
     if len(paths) < 2:
         raise UsageError("compare needs at least two checkpoints")
+    check_distinct(paths)
     infos = [read_checkpoint_info(path) for path in paths]
-    reference_name = check_compatible(infos, paths, options.ref)
+    reference_name = check_compatible(infos, paths, options.ref, options.needs_reference)
+    for info in infos:
+        check_sample_count(options.num_samples, info.model)
     model = infos[0].model
     extractor = resolve_extractor(options.extractor, model.channels, model.image_size, options.inception_weights)
-    reference = load_reference(reference_name, infos[0], options.num_samples, log)
+    reference = None if reference_name is None else load_reference(reference_name, infos[0], options.num_samples, log)
     names = display_names(paths)
     generators, scores = [], []
     for name, path, info in zip(names, paths, infos):
         log(f"scoring {name} ({options.num_samples} samples, seed {options.seed}, {extractor.name} extractor)")
         generators.append(load_for_scoring(path, options))
-        scores.append(score_generator(generators[-1], info, reference, extractor, options, cache_folder)[0])
+        scores.append(score_generator(generators[-1], info, reference, extractor, options, cache_folder, log)[0])
     log("timing sampling speed")
     speeds = sampling_speeds(generators, min(options.num_samples, 2 * options.batch_size), options.batch_size, options.seed)
     rows = [

@@ -22,6 +22,12 @@ MAX_SEED = 2**32 - 1  # per-step generators are seeded from (seed, step); larger
 MAX_CONFIG_INT = 2**40  # no count, size or step of a real run comes near this
 
 
+def check_seed(value: int, flag: str = "--seed") -> None:
+    """Raise UsageError unless 0 <= value <= MAX_SEED (torch-fidelity's numpy RNG also needs < 2**32)."""
+    if not 0 <= value <= MAX_SEED:
+        raise UsageError(f"{flag} must be in 0..{MAX_SEED}, got {value}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run besides the architecture."""

@@ -12,6 +12,7 @@ import torch_fidelity
 
 from . import __version__
 from .checkpoint import CheckpointInfo, load_generator, read_checkpoint_info
+from .config import check_seed
 from .data import ImageData, load_dataset
 from .errors import UsageError
 from .extractors import Extractor, file_sha256, resolve_extractor
@@ -26,7 +27,7 @@ from .metrics import (
 )
 from .model import Generator
 from .rundir import find_latest_checkpoint
-from .sampling import check_truncation, sample_labels, sample_latents
+from .sampling import check_sample_count, check_truncation, sample_labels, sample_latents
 
 DEFAULT_NUM_SAMPLES = 10_000
 DEFAULT_BATCH_SIZE = 500
@@ -48,13 +49,21 @@ class EvalOptions:
     ref: str | None = None
     device: str = "auto"
 
+    @property
+    def needs_reference(self) -> bool:
+        """FID and KID compare with a reference set; IS alone does not."""
+        return bool({"fid", "kid"} & set(self.metrics))
+
     def validate(self) -> "EvalOptions":
         """Reject impossible values with a message naming the flag."""
         if self.num_samples < 2:
             raise UsageError(f"--num-samples must be at least 2, got {self.num_samples}")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        check_seed(self.seed)
         check_truncation(self.truncation)
+        if self.ref is not None and not self.needs_reference:
+            raise UsageError(f"--ref {self.ref} is only used by FID and KID, and only IS was asked for; drop --ref or add --fid / --kid")
         return self
 
 
@@ -85,8 +94,8 @@ class EvalResult:
     num_samples: int
     seed: int
     truncation: float
-    reference_id: str
-    reference_images: int
+    reference_id: str | None  # None when no metric needs a reference (IS alone)
+    reference_images: int | None
     images_per_second: float
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -109,7 +118,7 @@ class EvalResult:
             "num_samples": self.num_samples,
             "seed": self.seed,
             "truncation": self.truncation,
-            "reference": {"id": self.reference_id, "num_images": self.reference_images},
+            "reference": None if self.reference_id is None else {"id": self.reference_id, "num_images": self.reference_images},
             "images_per_second": round(self.images_per_second, 1),
             **self.extra,
         }
@@ -136,7 +145,7 @@ def resolve_checkpoint(path: Path | None, runs_root: Path = Path("runs")) -> Pat
 
 
 def load_reference(name: str, info: CheckpointInfo, num_samples: int, log: Log) -> Reference:
-    """The reference set at the model's image shape, at most num_samples images of it."""
+    """The reference set at the model's image shape, at most num_samples images of it (at least 2: FID/KID need them)."""
     train = info.train
     data = load_dataset(
         name,
@@ -147,6 +156,11 @@ def load_reference(name: str, info: CheckpointInfo, num_samples: int, log: Log) 
         log=log,
     )
     images = reference_subset(data.images, num_samples)
+    if images.shape[0] < 2:  # a covariance of one image is undefined: torch-fidelity would fail on NaNs
+        raise UsageError(
+            f"the reference {name} has {images.shape[0]} image; FID and KID need at least 2: "
+            "pass a larger --ref, or --isc alone (IS needs no reference)"
+        )
     return Reference(data, images, tensor_sha256(images))
 
 
@@ -159,25 +173,29 @@ def plan_latents(num_samples: int, z_dim: int, num_classes: int, options: EvalOp
 def score_generator(
     generator: Generator,
     info: CheckpointInfo,
-    reference: Reference,
+    reference: Reference | None,
     extractor: Extractor,
     options: EvalOptions,
     cache_folder: Path | None,
+    log: Log = lambda message: None,
 ) -> tuple[dict[str, float], float]:
-    """Metrics of one generator against a reference, and its sampling speed (images/s)."""
+    """Metrics of one generator against a reference (None for IS alone), and its sampling speed (images/s)."""
     latents, labels = plan_latents(options.num_samples, info.model.z_dim, info.model.num_classes, options)
     samples = GeneratorInput(generator, latents, labels, options.batch_size)
-    cache_name = reference_cache_name(reference.data_id, reference.images.shape[0], extractor, reference.pixels_sha256)
+    cache_name = None
+    if reference is not None:
+        cache_name = reference_cache_name(reference.data_id, reference.images.shape[0], extractor, reference.pixels_sha256)
     results = compute_metrics(
         samples,
         options.num_samples,
-        ImageTensorDataset(reference.images),
+        None if reference is None else ImageTensorDataset(reference.images),
         set(options.metrics),
         extractor,
         seed=options.seed,
         batch_size=options.batch_size,
         reference_cache=cache_name,
         cache_folder=cache_folder,
+        log=log,
     )
     return results, samples.images_per_second
 
@@ -190,22 +208,21 @@ def load_for_scoring(checkpoint: Path, options: EvalOptions) -> Generator:
 
 
 def prepare(checkpoint: Path, options: EvalOptions) -> tuple[Generator, CheckpointInfo, Extractor]:
-    """Resolve the extractor, then load the generator: cheap checks before any expensive work."""
+    """Check -n against memory and resolve the extractor, then load the generator: cheap checks before any expensive work."""
     info = read_checkpoint_info(checkpoint)
+    check_sample_count(options.num_samples, info.model)
     extractor = resolve_extractor(options.extractor, info.model.channels, info.model.image_size, options.inception_weights)
     return load_for_scoring(checkpoint, options), info, extractor
 
 
 def evaluate_checkpoint(checkpoint: Path, options: EvalOptions, cache_folder: Path | None, log: Log) -> EvalResult:
-    """Score one checkpoint: FID / IS / KID (as asked) against its training data or --ref."""
+    """Score one checkpoint: FID / IS / KID (as asked) against its training data or --ref (IS alone needs none)."""
     options.validate()
     generator, info, extractor = prepare(checkpoint, options)
-    reference = load_reference(options.ref or info.dataset, info, options.num_samples, log)
-    log(
-        f"scoring {checkpoint} ({options.num_samples} samples, seed {options.seed}) against {reference.data_id} "
-        f"({reference.images.shape[0]} images) with the {extractor.name} extractor"
-    )
-    results, speed = score_generator(generator, info, reference, extractor, options, cache_folder)
+    reference = load_reference(options.ref or info.dataset, info, options.num_samples, log) if options.needs_reference else None
+    against = "" if reference is None else f" against {reference.data_id} ({reference.images.shape[0]} images)"
+    log(f"scoring {checkpoint} ({options.num_samples} samples, seed {options.seed}){against} with the {extractor.name} extractor")
+    results, speed = score_generator(generator, info, reference, extractor, options, cache_folder, log)
     return EvalResult(
         checkpoint=checkpoint,
         checkpoint_sha256=file_sha256(checkpoint),
@@ -216,7 +233,7 @@ def evaluate_checkpoint(checkpoint: Path, options: EvalOptions, cache_folder: Pa
         num_samples=options.num_samples,
         seed=options.seed,
         truncation=options.truncation,
-        reference_id=reference.data_id,
-        reference_images=int(reference.images.shape[0]),
+        reference_id=None if reference is None else reference.data_id,
+        reference_images=None if reference is None else int(reference.images.shape[0]),
         images_per_second=speed,
     )

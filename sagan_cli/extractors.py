@@ -167,12 +167,13 @@ def file_sha256(path: Path) -> str:
 
 
 def resolve_extractor(name: str, channels: int, image_size: int, inception_weights: Path | None = None) -> Extractor:
-    """Pick and check the extractor: `auto` = inception when its weights exist, else digits when it fits."""
+    """Pick and check the extractor: `auto` = inception when its weights are given or exist, else digits when it fits."""
     if name not in EXTRACTOR_CHOICES:
         raise UsageError(f"unknown extractor {name!r}; use one of {', '.join(EXTRACTOR_CHOICES)}")
     if name == "auto":
-        inception_available = (inception_weights or default_inception_weights()).expanduser().is_file()
-        if inception_available or _digits_unsupported(channels, image_size) is not None:
+        # An explicit --inception-weights asks for Inception: a wrong path must be an error, not digits.
+        inception_wanted = inception_weights is not None or default_inception_weights().is_file()
+        if inception_wanted or _digits_unsupported(channels, image_size) is not None:
             name = "inception"
         else:
             name = "digits"

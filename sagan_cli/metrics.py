@@ -8,15 +8,18 @@ weights itself (so no download is ever attempted) and protects the caller's RNG 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import pickle
 import re
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, ContextManager, Iterator
 
+import numpy as np
 import torch
 import torch_fidelity
 from torch.utils.data import Dataset
@@ -38,6 +41,11 @@ CACHE_VERSION = "v1"  # bump when what goes into reference features changes
 REFERENCE_SUBSET_SEED = 0  # fixed, so a reference subset (and its cache entry) never depends on --seed
 KID_SUBSET_SIZE = 1000
 ISC_SPLITS = 10
+Log = Callable[[str], None]
+
+
+def _no_log(message: str) -> None:
+    pass
 
 
 # ---------------------------------------------------------------- inputs
@@ -65,11 +73,14 @@ class GeneratorInput(GenerativeModelBase):
     sample i has the latent (and label) of image i of `sagan sample --seed S -n N`. Generation time is
     recorded from the second batch on, because the first pays one-off kernel set-up (oneDNN primitives,
     caches). `sagan compare` times speed separately (`compare.sampling_speeds`).
+
+    The generator is held outside the module tree: torch-fidelity calls `.cuda()` on its input when
+    CUDA exists, which would otherwise move a generator put on `--device cpu` (or cuda:1) to cuda:0.
     """
 
     def __init__(self, generator: Generator, latents: torch.Tensor, labels: torch.Tensor | None, batch_size: int) -> None:
         super().__init__()
-        self.generator = generator.eval()
+        object.__setattr__(self, "generator", generator.eval())  # not a submodule: .cuda()/.to() leave it alone
         self.latents = latents  # (N, z_dim)
         self.labels = labels  # (N,) or None
         self.batch_size = batch_size
@@ -181,6 +192,67 @@ def shared_cache(enabled: bool) -> Iterator[Path]:
             yield Path(folder)
 
 
+def _numpy_safe_globals() -> list[object]:
+    """What a pickled float ndarray needs under weights_only (torch-fidelity saves FID statistics as numpy)."""
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy 2
+    except ImportError:  # pragma: no cover - numpy 1
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    dtype_classes = [type(np.dtype(kind)) for kind in (np.float16, np.float32, np.float64)]
+    return [_reconstruct, np.ndarray, np.dtype, *dtype_classes]
+
+
+def _numpy_allowed() -> ContextManager[object]:
+    """Allow those numpy globals for weights_only loads inside the block (torch 2.4 has only the global allow-list)."""
+    scoped = getattr(torch.serialization, "safe_globals", None)
+    if scoped is not None:
+        return scoped(_numpy_safe_globals())
+    torch.serialization.add_safe_globals(_numpy_safe_globals())  # pragma: no cover - torch < 2.5
+    return nullcontext()
+
+
+def _cache_entry_problem(path: Path) -> str | None:
+    """Why torch-fidelity must not load this cache file, or None when it holds what torch-fidelity saves there."""
+    try:
+        with _numpy_allowed():
+            item = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:
+        return "it holds objects other than tensors and arrays"
+    except Exception as exc:  # noqa: BLE001 - zip, mmap and I/O errors all mean "not a cache entry torch-fidelity wrote"
+        return f"truncated or not written by torch.save ({exc.__class__.__name__})"
+    if "-stat-fid-" in path.name:  # FID statistics: {"mu": (D,), "sigma": (D, D)} numpy arrays
+        ok = isinstance(item, dict) and all(isinstance(item.get(key), np.ndarray) for key in ("mu", "sigma"))
+        return None if ok else "not FID statistics"
+    return None if isinstance(item, torch.Tensor) and item.dim() == 2 else "not a feature tensor"
+
+
+def discard_unsafe_cache_files(cache_folder: Path, cache_name: str, log: Log = _no_log) -> list[Path]:
+    """Delete the entries of `cache_name` that do not load with weights_only=True; returns them.
+
+    torch-fidelity reads its cache with full pickle (torch's load with weights_only=False): a planted
+    file would run code, a truncated one would crash without naming itself. Every file torch-fidelity
+    can load for this name starts with `<cache_name>-` (`...-<extractor>-features-<layer>.pt`,
+    `...-<extractor>-stat-fid-<layer>.pt`). A bad one is only a cache entry: it is deleted and recomputed.
+    """
+    prefix = f"{cache_name}-"
+    try:
+        candidates = sorted(p for p in cache_folder.iterdir() if p.name.startswith(prefix) and p.name.endswith(".pt"))
+    except OSError as exc:
+        raise UsageError(f"cannot read the metrics cache {cache_folder} ({exc.strerror}); pass --no-cache") from None
+    discarded = []
+    for path in candidates:
+        problem = _cache_entry_problem(path)
+        if problem is None:
+            continue
+        try:
+            path.unlink()
+        except OSError as exc:
+            raise UsageError(f"cannot delete the damaged cache file {path} ({exc.strerror}); delete it by hand or pass --no-cache") from None
+        log(f"warning: deleted damaged or unsafe cache file {path} ({problem}); recomputing it")
+        discarded.append(path)
+    return discarded
+
+
 # ---------------------------------------------------------------- metrics
 
 
@@ -200,8 +272,12 @@ def compute_metrics(
     batch_size: int,
     reference_cache: str | None = None,
     cache_folder: Path | None = None,
+    log: Log = _no_log,
 ) -> dict[str, float]:
-    """Run torch-fidelity for `metrics` (subset of fid/isc/kid); returns its keys -> floats. RNG state untouched."""
+    """Run torch-fidelity for `metrics` (subset of fid/isc/kid); returns its keys -> floats. RNG state untouched.
+
+    Cached reference entries are checked first (`discard_unsafe_cache_files`); `log` gets a line per deleted one.
+    """
     unknown = set(metrics) - set(METRICS)
     assert metrics and not unknown, f"bad metric set {metrics}"
     needs_reference = bool({"fid", "kid"} & metrics)
@@ -229,17 +305,43 @@ def compute_metrics(
         kid_size = min(KID_SUBSET_SIZE, num_samples, len(reference))  # type: ignore[arg-type]
         kwargs["kid_subset_size"] = kid_size
         if kwargs["cache"]:
+            assert cache_folder is not None and reference_cache is not None
+            discard_unsafe_cache_files(cache_folder, reference_cache, log)
             kwargs["input2_cache_name"] = reference_cache
             kwargs["cache_root"] = str(cache_folder)
     with torch.random.fork_rng(devices=[]):  # extractor construction advances the global RNG
         try:
             results = torch_fidelity.calculate_metrics(**kwargs)
-        except ValueError as exc:  # torch-fidelity's vassert
+        except ValueError as exc:
+            if not _raised_by_torch_fidelity(exc):
+                raise  # from our inputs' own code (a dataset, generator or extractor): a bug, not a refusal
             raise SaganError(f"torch-fidelity refused the inputs: {str(exc).splitlines()[0]}") from None
     results = {key: float(value) for key, value in results.items()}
     if KEY_FID in results:
-        results[KEY_FID] = max(0.0, results[KEY_FID])  # identical inputs give tiny negatives (round-off)
+        results[KEY_FID] = clamp_round_off(results[KEY_FID])
     return results
+
+
+def clamp_round_off(value: float) -> float:
+    """Tiny negative FIDs (identical inputs, round-off) -> 0; NaN and inf stay what they are, so gates fail on them."""
+    return max(0.0, value) if math.isfinite(value) else value
+
+
+def _raised_by_torch_fidelity(exc: BaseException) -> bool:
+    """True when torch-fidelity (its vasserts, or the numpy/scipy maths it runs) raised, not code of ours it called back."""
+    import scipy
+
+    def folder(module: object) -> str:
+        return os.path.realpath(os.path.dirname(module.__file__)) + os.sep  # type: ignore[attr-defined]
+
+    ours = os.path.dirname(os.path.realpath(__file__)) + os.sep  # sagan_cli/
+    theirs = tuple(folder(module) for module in (torch_fidelity, np, scipy))
+    files = []
+    traceback = exc.__traceback__.tb_next if exc.__traceback__ is not None else None  # skip compute_metrics itself
+    while traceback is not None:
+        files.append(os.path.realpath(traceback.tb_frame.f_code.co_filename))
+        traceback = traceback.tb_next
+    return bool(files) and files[-1].startswith(theirs) and not any(name.startswith(ours) for name in files)
 
 
 # ---------------------------------------------------------------- gates

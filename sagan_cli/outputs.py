@@ -1,11 +1,17 @@
-"""Checks for files the CLI is asked to write: never overwrite without --force, fail before any work."""
+"""Files the CLI is asked to write: checks that fail before any work and create nothing, and atomic writes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import secrets
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import SaganError, UsageError
+
+SAMPLE_NAME = re.compile(r"^sample_\d{5,}\.png$")  # what sample_file_names writes, at any width
+NO_METADATA_SUFFIXES = (".bmp",)  # formats that cannot record the seed, refused by name
 
 
 def wants_folder(path: Path, raw: str) -> bool:
@@ -13,32 +19,118 @@ def wants_folder(path: Path, raw: str) -> bool:
     return raw.endswith(("/", os.sep)) or path.is_dir() or path.suffix == ""
 
 
+def sample_file_names(n: int) -> list[str]:
+    """sample_00000.png ... for `-o DIR/`: zero-padded to the width of n - 1 (at least 5), so they sort in order."""
+    width = max(5, len(str(n - 1)))
+    return [f"sample_{i:0{width}d}.png" for i in range(n)]
+
+
 def check_output_file(path: Path, suffixes: tuple[str, ...], force: bool) -> Path:
-    """Validate an output file path before any expensive work."""
+    """Validate an output file path before any expensive work; creates nothing."""
     if path.suffix.lower() not in suffixes:
-        raise UsageError(f"cannot write {path}: unknown image extension {path.suffix!r}; use one of {', '.join(suffixes)}")
+        why = " (it cannot record the seed)" if path.suffix.lower() in NO_METADATA_SUFFIXES else ""
+        raise UsageError(
+            f"cannot write {path}: unknown image extension {path.suffix!r}{why}; use one of {', '.join(suffixes)}"
+        )
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give a file name such as {path / ('grid' + path.suffix)}")
     if path.exists() and not force:
         raise UsageError(f"{path} already exists; pass --force to overwrite it")
-    _check_writable_dir(path.parent if str(path.parent) else Path("."), create=True)
+    _check_writable_dir(path.parent if str(path.parent) else Path("."))
     return path
 
 
 def check_output_folder(folder: Path, names: list[str], force: bool) -> Path:
-    """Validate an output folder for `names`; refuse to overwrite any of them without --force."""
+    """Validate an output folder for `names`; creates nothing.
+
+    Without --force, refuses to overwrite any of `names` or to mix them with the sample files of an earlier run.
+    """
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{folder} exists and is not a folder")
-    _check_writable_dir(folder, create=True)
-    clashes = [name for name in names if (folder / name).exists()]
+    _check_writable_dir(folder)
+    try:
+        existing = set(os.listdir(folder)) if folder.is_dir() else set()
+    except OSError as exc:
+        raise UsageError(f"cannot read output folder {folder}: {exc.strerror}") from None
+    clashes = [name for name in names if name in existing]
     if clashes and not force:
         raise UsageError(f"{folder / clashes[0]} already exists ({len(clashes)} file(s) would be overwritten); pass --force")
+    earlier = earlier_samples(folder, names)
+    if earlier and not force:
+        raise UsageError(
+            f"{folder} holds {len(earlier)} sample file(s) of an earlier run (e.g. {earlier[0].name}); "
+            "pass --force to replace them, or choose another -o"
+        )
     return folder
 
 
-def _check_writable_dir(folder: Path, create: bool) -> None:
+def earlier_samples(folder: Path, names: list[str]) -> list[Path]:
+    """Files in `folder` named like our samples (sample_NNNNN.png) but not among `names`: left by an earlier run."""
+    if not folder.is_dir():
+        return []
+    keep = set(names)
+    return sorted(
+        folder / name for name in os.listdir(folder)
+        if SAMPLE_NAME.match(name) and name not in keep and (folder / name).is_file()
+    )
+
+
+def remove_earlier_samples(folder: Path, names: list[str]) -> list[Path]:
+    """Delete earlier_samples(folder, names), so the folder holds one run only; returns what was deleted."""
+    stale = earlier_samples(folder, names)
+    for path in stale:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise SaganError(f"cannot remove {path}: {exc.strerror or exc}") from None
+    return stale
+
+
+def write_atomically(path: Path, data: bytes, durable: bool = False) -> None:
+    """Write `data` to a hidden temp file beside `path` (.NAME.XXXXXXXX.tmp), then rename it into place.
+
+    A crash or failure at any instant leaves the previous file or the new one, never a part, and no
+    temp file. Creates the folder if needed; an OSError (disk full, file too large, folder gone)
+    becomes SaganError("cannot write PATH: reason"). `durable` (checkpoints, run files) syncs the
+    bytes and the folder to disk; otherwise the bytes are synced only when they replace a file, so a
+    power cut cannot swap a good image for an empty one while 10,000 new images need no syncs.
+    Callers encode in memory first: Pillow's encoders drop the rest of a short write to a file without an error.
+    """
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        if create:
-            folder.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temp, "xb") as handle:  # "x": never reuse a file; mode from the umask, unlike mkstemp's 0600
+            handle.write(data)
+            if durable or path.exists():
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(temp, path)
+        if durable and hasattr(os, "O_DIRECTORY"):  # the rename itself survives a power cut (POSIX)
+            folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
     except OSError as exc:
-        raise UsageError(f"cannot create output folder {folder}: {exc.strerror}") from None
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"output folder {folder} is not writable; choose another -o")
+        _discard(temp)
+        raise SaganError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        _discard(temp)
+        raise
+
+
+def _discard(temp: Path) -> None:
+    with contextlib.suppress(OSError):
+        temp.unlink(missing_ok=True)
+
+
+def _check_writable_dir(folder: Path) -> None:
+    """The nearest existing ancestor of `folder` must be a writable folder; nothing is created here."""
+    ancestor = folder
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"cannot create output folder {folder}: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"output folder {ancestor} is not writable; choose another -o")

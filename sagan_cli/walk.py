@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from .config import check_seed
 from .errors import UsageError
 from .model import ConditionalBatchNorm2d, Generator
 from .sampling import generate, sample_labels, sample_latents
@@ -58,7 +59,7 @@ class WalkRow:
 
 
 def parse_seeds(values: list[str]) -> list[int]:
-    """`--seeds 3,7 --seeds 1,2` -> [3, 7, 1, 2]."""
+    """`--seeds 3,7 --seeds 1,2` -> [3, 7, 1, 2], each checked like `sagan sample --seed`."""
     seeds: list[int] = []
     for value in values:
         for part in value.split(","):
@@ -69,6 +70,7 @@ def parse_seeds(values: list[str]) -> list[int]:
                 seeds.append(int(part))
             except ValueError:
                 raise UsageError(f"--seeds {value!r}: {part!r} is not an integer seed; write e.g. --seeds 3,7") from None
+            check_seed(seeds[-1], "--seeds")
     if not seeds:
         raise UsageError("--seeds needs at least one seed, e.g. --seeds 3,7")
     return seeds

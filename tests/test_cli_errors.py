@@ -262,6 +262,39 @@ def test_sample_refuses_nonsense_numbers(flags: list[str], fragment: str, tiny_c
     assert not (tmp_path / "grid.png").exists()
 
 
+@pytest.mark.parametrize(
+    ("command", "flags", "fragment"),
+    [
+        # Was: evaluate ran into torch-fidelity after loading everything (exit 1); interpolate accepted -1
+        # and died on a huge seed with "unexpected ValueError".
+        ("evaluate", ["--seed=-1"], "--seed must be in 0..4294967295, got -1"),
+        ("evaluate", ["--seed", str(2**32)], "--seed must be in 0..4294967295, got 4294967296"),
+        ("compare", ["--seed=-1"], "--seed must be in 0..4294967295, got -1"),
+        ("interpolate", ["--seeds=-1,3"], "--seeds must be in 0..4294967295, got -1"),
+        ("interpolate", ["--seeds=0,99999999999999999999999"], "--seeds must be in 0..4294967295, got 99999999999999999999999"),
+    ],
+)
+def test_eval_commands_check_seeds_like_sample(command: str, flags: list[str], fragment: str, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    checkpoints = [tiny_checkpoint]
+    if command == "compare":
+        checkpoints.append(tmp_path / "other.safetensors")
+        checkpoints[-1].write_bytes(tiny_checkpoint.read_bytes())
+    output = ["-o", tmp_path / "walk.png"] if command == "interpolate" else ["--no-cache"]
+    assert_one_error(run_cli(command, *checkpoints, *flags, *output), EXIT_USAGE, fragment)
+    assert not (tmp_path / "walk.png").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "compare"])
+def test_eval_sample_count_beyond_memory_is_refused_before_any_work(command: str, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    # Was: "unexpected RuntimeError ... tried to allocate 512000000000 bytes", exit 1.
+    checkpoints = [tiny_checkpoint]
+    if command == "compare":
+        checkpoints.append(tmp_path / "other.safetensors")
+        checkpoints[-1].write_bytes(tiny_checkpoint.read_bytes())
+    result = run_cli(command, *checkpoints, "-n", str(10**12), "--fid", "--no-cache")
+    assert_one_error(result, EXIT_USAGE, "-n 1000000000000", "GiB")
+
+
 @pytest.mark.parametrize("class_index", ["10", "-1"])
 def test_class_out_of_range_names_the_valid_classes(class_index: str, conditional_checkpoint: Path, tmp_path: Path) -> None:
     result = run_cli("sample", conditional_checkpoint, "--class", class_index, "-o", tmp_path / "grid.png")

@@ -99,3 +99,45 @@ def test_generation_speed_leaves_out_the_first_batch(tiny_checkpoint: Path) -> N
     single = GeneratorInput(generator, sample_latents(2, info.model.z_dim, seed=0), None, batch_size=2)
     single(torch.zeros(2, info.model.z_dim))
     assert single.timed_images == 0 and single.images_per_second > 0
+
+
+def test_torch_fidelity_cannot_move_the_generator_off_its_device(tiny_checkpoint: Path) -> None:
+    # torch-fidelity calls gen_model.cuda() when CUDA exists: that moved a generator loaded for --device cpu
+    # (or cuda:1) to cuda:0, and compare's speed timings then ran there. No GPU here, so the same
+    # Module._apply path is driven by .to("meta") (which moves registered parameters on any machine)
+    # and by .cuda() itself (which fails on a CPU-only torch if there is anything to move).
+    from sagan_cli.checkpoint import load_generator
+    from sagan_cli.metrics import GeneratorInput
+    from sagan_cli.sampling import sample_latents
+
+    generator, info = load_generator(tiny_checkpoint, use_ema=True, device=torch.device("cpu"))
+    samples = GeneratorInput(generator, sample_latents(4, info.model.z_dim, seed=0), None, batch_size=2)
+    for move in (lambda: samples.to("meta"), samples.cuda):
+        move()
+        assert {p.device.type for p in generator.parameters()} == {"cpu"}
+        assert {b.device.type for b in generator.buffers()} == {"cpu"}
+    assert samples(torch.zeros(2, info.model.z_dim)).shape == (2, 3, 28, 28)  # still generates where it was put
+
+
+def test_compare_refuses_the_same_checkpoint_twice(tiny_checkpoint: Path) -> None:
+    result = run_cli("compare", tiny_checkpoint, tiny_checkpoint, "-n", N, "--no-cache")
+    assert result.exit_code == 2 and "is given twice" in result.stderr and "Traceback" not in result.stderr
+    aliased = tiny_checkpoint.parent / ".." / "checkpoints" / tiny_checkpoint.name
+    result = run_cli("compare", tiny_checkpoint, aliased, "-n", N, "--no-cache")
+    assert result.exit_code == 2 and "are the same file" in result.stderr
+
+
+def test_shape_mismatch_names_the_checkpoints_apart(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Was: both named by file name, "final.safetensors: 1x28x28, final.safetensors: 1x32x32".
+    other = untrained_checkpoint(tmp_path_factory, "mnist32", image_size=32)
+    result = run_cli("compare", tiny_checkpoint, other, "-n", N, "--no-cache")
+    assert result.exit_code == 2, result.stderr
+    assert "tiny: 1x28x28, mnist32: 1x32x32" in result.stderr
+
+
+def test_compare_inception_score_alone_needs_no_reference(tiny_checkpoint: Path, no_attention_checkpoint: Path) -> None:
+    result = run_cli("compare", tiny_checkpoint, no_attention_checkpoint, "-n", N, "--isc", "--json", "--no-cache")
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["reference"] is None
+    assert all(set(m["metrics"]) == {"inception_score_mean", "inception_score_std"} for m in payload["models"])

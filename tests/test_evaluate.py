@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import time
 from pathlib import Path
 
@@ -206,3 +208,122 @@ def test_cache_files_follow_sample_count(tiny_checkpoint: Path, _caches: Path) -
 def test_bad_input_is_a_usage_error(tiny_checkpoint: Path, args: list[str], fragment: str) -> None:
     result = run_cli("evaluate", tiny_checkpoint, "--fid", "--no-cache", *args)
     assert result.exit_code == 2 and fragment in result.stderr and "Traceback" not in result.stderr
+
+
+def test_explicit_inception_weights_that_do_not_exist_are_an_error_not_digits(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    # Was: with --extractor auto the missing file was ignored and the digits extractor scored (exit 0).
+    missing = tmp_path / "no-such-weights.pth"
+    with pytest.raises(UsageError, match="Inception weights not found"):
+        resolve_extractor("auto", 1, 28, missing)
+    result = run_cli("evaluate", tiny_checkpoint, "--fid", "-n", N, "--no-cache", "--inception-weights", missing)
+    assert result.exit_code == 2, result.stderr
+    assert "Inception weights not found" in result.stderr and str(missing) in result.stderr and "Traceback" not in result.stderr
+
+
+def _checkpoint_trained_on(tmp_path: Path, dataset: str) -> Path:
+    """A tiny untrained checkpoint whose metadata says it was trained on `dataset`."""
+    from sagan_cli.checkpoint import save_checkpoint
+    from sagan_cli.config import TrainConfig
+    from sagan_cli.model import Generator, ModelConfig
+
+    config = TrainConfig(dataset=dataset, download=False, model=ModelConfig(g_width=8, d_width=8, z_dim=16))
+    torch.manual_seed(0)
+    generator = Generator(config.model).eval()
+    path = tmp_path / f"{Path(dataset).name}.safetensors"
+    save_checkpoint(path, train_config=config, step=1, train_seconds=1.0, generator=generator, generator_ema=copy.deepcopy(generator))
+    return path
+
+
+def test_inception_score_alone_needs_no_reference_data(tmp_path: Path) -> None:
+    # Was: --isc still loaded the training data, so a checkpoint trained elsewhere could not get an IS.
+    checkpoint = _checkpoint_trained_on(tmp_path, str(tmp_path / "gone" / "my-digits"))
+    result = run_cli("evaluate", checkpoint, "--isc", "-n", 60, "--json")
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["reference"] is None
+    assert set(payload["metrics"]) == {"inception_score_mean", "inception_score_std"}
+    assert "IS needs no reference" in result.stderr
+    fid = run_cli("evaluate", checkpoint, "--fid", "-n", 60)
+    assert fid.exit_code == 2 and "dataset folder not found" in fid.stderr  # FID still needs it, and says so
+    with_ref = run_cli("evaluate", checkpoint, "--isc", "-n", 60, "--ref", "mnist")
+    assert with_ref.exit_code == 2 and "drop --ref" in with_ref.stderr  # --ref would be silently unused
+
+
+def test_reference_of_one_image_is_refused_before_scoring(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    # Was: numpy warnings, then "torch-fidelity refused the inputs ... infs or NaNs", exit 1.
+    from PIL import Image
+
+    folder = tmp_path / "one"
+    folder.mkdir()
+    Image.new("L", (28, 28), color=128).save(folder / "only.png")
+    for metric in ("--fid", "--kid"):
+        result = run_cli("evaluate", tiny_checkpoint, metric, "-n", N, "--no-cache", "--ref", folder)
+        assert result.exit_code == 2, result.stderr
+        message = result.stderr.strip().splitlines()[-1]
+        assert message.startswith("error: ") and "has 1 image" in message and "at least 2" in message
+        assert "Traceback" not in result.stderr and "NaN" not in result.stderr
+
+
+def test_nan_fid_is_not_clamped_into_a_perfect_score() -> None:
+    # Was: max(0.0, nan) == 0.0, a perfect FID that passed --max-fid.
+    from sagan_cli.metrics import clamp_round_off, failed_gates, make_gates
+
+    assert clamp_round_off(-1e-9) == 0.0 and clamp_round_off(3.5) == 3.5  # round-off below zero is still clamped
+    assert math.isnan(clamp_round_off(float("nan"))) and clamp_round_off(float("inf")) == float("inf")
+    assert failed_gates(make_gates(40.0, None, None), {KEY_FID: clamp_round_off(float("nan"))})
+
+
+class _Poison:
+    """Unpickling this creates `marker`: what a planted cache file could do to torch.load(weights_only=False)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_poisoned_or_truncated_cache_files_are_deleted_not_unpickled(tiny_checkpoint: Path, _caches: Path, tmp_path: Path) -> None:
+    import pickle
+
+    args = ("evaluate", tiny_checkpoint, "-n", 60, "--json")  # all three metrics: features and FID statistics are cached
+    first = run_cli(*args)
+    assert first.exit_code == 0, first.stderr
+    entries = sorted(_caches.iterdir())
+    assert len(entries) == 3 and any("-stat-fid-" in p.name for p in entries), [p.name for p in entries]
+    marker = tmp_path / "pwned"
+    torch.save(_Poison(marker), entries[0])  # a zip like torch-fidelity's own, holding a code-running pickle
+    entries[1].write_bytes(pickle.dumps(_Poison(marker)))  # a bare pickle (torch.load's legacy format)
+    entries[2].write_bytes(entries[2].read_bytes()[:64])  # truncated
+    second = run_cli(*args)
+    assert second.exit_code == 0, second.stderr
+    assert not marker.exists(), "a cache file was unpickled with code execution"
+    notices = [line for line in second.stderr.splitlines() if "cache file" in line]
+    for entry in entries:
+        assert any(entry.name in line for line in notices), (entry.name, notices)
+        assert entry.exists()  # recomputed and cached again
+    assert json.loads(second.stdout)["metrics"] == json.loads(first.stdout)["metrics"]
+
+
+def test_only_torch_fidelitys_own_errors_are_called_refused(digits_reference: torch.Tensor) -> None:
+    # Was: every ValueError, even one raised by our own extractor, read "torch-fidelity refused the inputs".
+    from torch.utils.data import Dataset
+
+    from sagan_cli.errors import SaganError
+
+    class ArrayImages(Dataset):  # torch-fidelity's own check (a vassert) refuses anything but tensors
+        def __len__(self) -> int:
+            return 20
+
+        def __getitem__(self, index: int):
+            return digits_reference[index].expand(3, -1, -1).numpy()
+
+    class FloatImages(ArrayImages):  # passes torch-fidelity; our digits extractor raises on float pixels
+        def __getitem__(self, index: int):
+            return digits_reference[index].expand(3, -1, -1).float()
+
+    digits = resolve_extractor("digits", 1, 28)
+    with pytest.raises(SaganError, match="torch-fidelity refused the inputs: Input Dataset should return torch.Tensor"):
+        compute_metrics(ArrayImages(), 20, None, {"isc"}, digits, seed=0, batch_size=20)
+    with pytest.raises(ValueError, match="expected uint8 images"):
+        compute_metrics(FloatImages(), 20, None, {"isc"}, digits, seed=0, batch_size=20)
