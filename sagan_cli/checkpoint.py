@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from . import __version__
 from .config import TrainConfig, check_field_types
 from .errors import CheckpointError
 from .model import Generator, ModelConfig
+from .outputs import write_atomically
 from .runtime import preferred_memory_format
 
 FORMAT_NAME = "sagan"
@@ -50,26 +49,6 @@ class CheckpointInfo:
     has_training_state: bool
     metadata: dict[str, str]
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # tensor name -> shape, from the header
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves the old file or the new one, never a part."""
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _flatten_optimizer(prefix: str, state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
@@ -118,7 +97,7 @@ def save_checkpoint(
             tensors.update({k: v.detach().to("cpu").contiguous() for k, v in flat.items()})
             metadata[f"{part}_groups"] = groups
     metadata.update(extra_metadata or {})
-    atomic_write_bytes(Path(path), safetensors_bytes(tensors, metadata=metadata))
+    write_atomically(Path(path), safetensors_bytes(tensors, metadata=metadata), durable=True)
     return Path(path)
 
 

@@ -111,7 +111,7 @@ def _default_d(name: str) -> str:
 
 
 def _resolve_new_config(given: dict[str, Any], model_given: dict[str, Any], conditional: bool) -> TrainConfig:
-    from .data import native_shape
+    from .data import is_folder_dataset, native_shape
 
     dataset = given.get("dataset", DEFAULTS.dataset)
     channels, image_size, num_classes = native_shape(dataset)
@@ -129,22 +129,36 @@ def _resolve_new_config(given: dict[str, Any], model_given: dict[str, Any], cond
         model = ModelConfig(**model_values)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    in_both = feature_resolutions(model.image_size)[1:-1]  # G's top map and D's bottom map exist in one net only
+    only_one = [r for r in model.active_attn_resolutions if r not in in_both]
+    if only_one:
+        raise UsageError(
+            f"--attn-res {only_one[0]}: at {model.image_size} px only one of G and D has a {only_one[0]}x{only_one[0]} "
+            f"feature map, and SAGAN puts attention in both; choose from {', '.join(map(str, in_both))}"
+        )
+    if is_folder_dataset(dataset):  # stored absolute: a resume from another working directory finds it
+        given["dataset"] = str(Path(dataset).expanduser().absolute())
     return TrainConfig(**{**given, "model": model}).validate()
 
 
 def _resolve_resume(
-    target: Path, given: dict[str, Any], model_given: dict[str, Any], conditional: bool | None
+    target: Path, given: dict[str, Any], model_given: dict[str, Any], conditional: bool | None, force: bool
 ) -> tuple[TrainConfig, Path, Path]:
     from .rundir import RunDir
 
     if not target.exists():
         raise UsageError(f"--resume {target}: no such run directory or checkpoint")
-    run_path = target.parent.parent if target.suffix == ".safetensors" else target
+    is_checkpoint = target.is_file() and target.suffix == ".safetensors"
+    if not (is_checkpoint or target.is_dir()):
+        raise UsageError(f"--resume {target}: pass a run directory or one of its .safetensors checkpoints")
+    run_path = target.parent.parent if is_checkpoint else target
     run = RunDir(run_path)
     saved = run.read_config()
-    checkpoint = target if target.suffix == ".safetensors" else run.latest_checkpoint()
+    checkpoint = target if is_checkpoint else run.latest_checkpoint()
     if checkpoint is None:
-        raise UsageError(f"--resume {target}: the run has no complete checkpoint yet; start it again with --force")
+        raise UsageError(
+            f"--resume {target}: the run has no complete checkpoint yet; start it again with the same flags and --force"
+        )
     requested = {k: v for k, v in given.items() if k not in RESUMABLE_OVERRIDES}
     requested.update({f"model.{k}": v for k, v in model_given.items()})
     if conditional is not None and conditional != (saved.model.num_classes > 0):
@@ -154,7 +168,28 @@ def _resolve_resume(
         listed = "; ".join(f"{key}: run has {old!r}, flags say {new!r}" for key, (old, new) in differences.items())
         raise UsageError(f"--resume {run_path}: flags conflict with the run's config ({listed}); drop those flags")
     overrides = {k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES}
-    return saved.with_overrides(**overrides).validate(), run_path, checkpoint
+    config = saved.with_overrides(**overrides).validate()
+    _check_resume_step(config, run_path, checkpoint, force)
+    return config, run_path, checkpoint
+
+
+def _check_resume_step(config: TrainConfig, run_path: Path, checkpoint: Path, force: bool) -> None:
+    from .checkpoint import read_checkpoint_info
+    from .rundir import RunDir
+
+    info = read_checkpoint_info(checkpoint)
+    if not info.has_training_state:
+        raise UsageError(f"{checkpoint} holds no training state (discriminator/optimizers); it cannot be resumed")
+    if checkpoint.name == "final.safetensors" and config.max_steps <= info.step:
+        raise UsageError(f"{run_path} already finished at step {info.step}; pass a larger --max-steps to train on")
+    if config.max_steps < info.step:
+        raise UsageError(f"--max-steps {config.max_steps} is below the checkpoint's step {info.step} ({checkpoint}); raise it")
+    later = RunDir(run_path).checkpoints_after(info.step)
+    if later and not force:
+        raise UsageError(
+            f"--resume {checkpoint}: the run has later checkpoints ({', '.join(p.name for p in later)}) that continuing "
+            f"from step {info.step} would delete; pass --force to drop them, or copy the run first"
+        )
 
 
 @app.command(
@@ -190,20 +225,20 @@ def train(
     log_every: Optional[int] = typer.Option(None, "--log-every", help=f"Log line every N steps {_default_d('log_every')}"),
     keep: Optional[int] = typer.Option(None, "--keep", help=f"Periodic checkpoints kept (final always kept) {_default_d('keep')}"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run: its directory or one of its checkpoints"),
-    force: bool = typer.Option(False, "--force", help="Replace an existing run directory of the same name"),
+    force: bool = typer.Option(False, "--force", help="Replace an existing run directory of the same name; with --resume CKPT, drop the run's later checkpoints"),
 ) -> None:
     """Train a SAGAN; prints the final checkpoint's path on stdout."""
     from .data import load_dataset
     from .progress import make_reporter
     from .rundir import RunDir, unique_run_path
     from .runtime import is_main_process, resolve_device
-    from .train import StopFlag, train as run_training
+    from .train import StopFlag, check_training_data, train as run_training
 
     local = locals()
     train_keys = {f.name for f in fields(TrainConfig)} - {"model"}
     given = {k: local[k] for k in train_keys if local.get(k) is not None}
     if data_dir is not None:
-        given["data_dir"] = str(data_dir)
+        given["data_dir"] = str(data_dir.expanduser().absolute())
     model_given = {
         key: value
         for key, value in {
@@ -217,14 +252,19 @@ def train(
         }.items()
         if value is not None
     }
+    # Every check runs before anything on disk changes: a refused run leaves the old one (even with
+    # --force) and creates no directory.
+    writer = is_main_process()
     if resume is not None:
-        config, run_path, checkpoint = _resolve_resume(resume, given, model_given, conditional)
+        config, run_path, checkpoint = _resolve_resume(resume, given, model_given, conditional, force)
         if name is not None and name != run_path.name:
             raise UsageError(f"--name {name!r} conflicts with --resume {resume}; drop --name")
     else:
         config, checkpoint = _resolve_new_config(given, model_given, bool(conditional)), None
         base = name or f"{Path(config.dataset).name or 'data'}-{'attn' if config.model.attention else 'noattn'}"
         run_path = out / base if name else unique_run_path(out, base)
+        if writer:
+            RunDir.check_new(run_path, force)
     torch_device = resolve_device(config.device)
     reporter = make_reporter()
     data = load_dataset(
@@ -235,38 +275,22 @@ def train(
         download=config.download,
         log=reporter.log,
     )
-    if config.model.num_classes and data.labels is None:
-        raise UsageError(f"--conditional needs labels, but {config.dataset!r} has none")
+    check_training_data(config, data, checkpoint)
     if checkpoint is None:
-        run = RunDir.create(run_path, config, force=force, enabled=is_main_process())
+        run = RunDir.create(run_path, config, force=force, enabled=writer)
     else:
-        run = RunDir(run_path, enabled=is_main_process())
-        step = _checkpoint_step(checkpoint)
-        if checkpoint.name == "final.safetensors" and config.max_steps <= step:
-            raise UsageError(
-                f"{run_path} already finished at step {step}; pass a larger --max-steps to train on"
-            )
-        if config.max_steps < step:
-            raise UsageError(f"--max-steps {config.max_steps} is below the checkpoint's step {step} ({checkpoint}); raise it")
+        run = RunDir(run_path, enabled=writer)
     stop = StopFlag()
     previous_handlers = _install_signal_handlers(stop)
     try:
         with run.locked():
             reporter.log(f"run {run.path}: {config.dataset} ({data.source}, {len(data)} images), device {torch_device}")
-            if checkpoint is not None:
-                run.write_config(config)  # under the lock: a refused second process changes nothing
             final = run_training(config, data, run, torch_device, reporter, stop=stop, resume_from=checkpoint)
     finally:
         for signal_number, handler in previous_handlers.items():
             signal.signal(signal_number, handler)
     if final is not None:
         print(final)
-
-
-def _checkpoint_step(path: Path) -> int:
-    from .checkpoint import read_checkpoint_info
-
-    return read_checkpoint_info(path).step
 
 
 def _install_signal_handlers(stop: Any) -> dict[int, Any]:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .errors import UsageError
 from .model import ModelConfig
 
-# Keys of a run that may change on --resume without changing what is being trained.
+# Keys of a run that may change on --resume without changing what is being trained. Where the data
+# comes from may change too: the resumed data must match the checkpoint's (train.check_training_data).
 RESUMABLE_OVERRIDES = frozenset(
-    {"max_steps", "save_every", "sample_every", "log_every", "keep", "device"}
+    {"max_steps", "save_every", "sample_every", "log_every", "keep", "device", "data_dir", "download"}
 )
 # Keys that configs written by earlier versions may hold; they are dropped on reading so old runs and
 # checkpoints keep loading (num_workers: batches are drawn by index from preloaded tensors, so there
@@ -66,6 +68,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         """Build from a dict; unknown keys are an error (retired ones are dropped)."""
+        if not isinstance(data, dict):
+            raise ValueError("a training config must be a JSON object")
         data = {key: value for key, value in data.items() if key not in RETIRED_KEYS}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
@@ -87,18 +91,20 @@ class TrainConfig:
             value = getattr(self, name)
             if value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+            if value > MAX_CONFIG_INT:  # configs and checkpoints refuse larger numbers on reading
+                hint = "; a value above --max-steps already means never" if name.endswith("_every") else ""
+                raise UsageError(f"--{name.replace('_', '-')} must be at most {MAX_CONFIG_INT}, got {value}{hint}")
         for name in ("lr_g", "lr_d"):
             value = getattr(self, name)
-            if not value > 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+            if not (math.isfinite(value) and value > 0):
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive finite number, got {value}")
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
             if not 0 <= value < 1:
                 raise UsageError(f"--{name} must be in [0, 1), got {value}")
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise UsageError(f"--seed must be in 0..{MAX_SEED}, got {self.seed}")
+        check_seed(self.seed)
         return self
 
     def with_overrides(self, **changes: Any) -> "TrainConfig":

@@ -182,10 +182,24 @@ def resize_images(images: torch.Tensor, channels: int, image_size: int) -> torch
     return images.contiguous()
 
 
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit and float greyscale (PIL modes I;16*, I, F) scaled to 8-bit L; convert("L") would clip them."""
+    import numpy as np
+
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16") or (image.mode == "I" and values.max(initial=0) > 255):
+        values = values / 257.0  # 0..65535 -> 0..255
+    elif image.mode == "F" and values.max(initial=0) <= 1.0:
+        values = values * 255.0  # float images in [0, 1]
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+
+
 def _pil_to_tensor(image: Image.Image, channels: int, image_size: int) -> torch.Tensor:
     mode = "L" if channels == 1 else "RGB"
-    if image.mode in ("RGBA", "LA", "P") and mode == "RGB":
-        image = image.convert("RGBA")
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _to_8bit(image)
+    if image.mode in ("RGBA", "LA", "PA", "P") or "transparency" in image.info:
+        image = image.convert("RGBA")  # transparent pixels become white, at 1 channel as at 3
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
     image = image.convert(mode)

@@ -22,9 +22,10 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .checkpoint import atomic_write_bytes, read_checkpoint_info
+from .checkpoint import read_checkpoint_info
 from .config import TrainConfig
 from .errors import CheckpointError, UsageError
+from .outputs import write_atomically
 from .sampling import save_image
 
 CONFIG_FILE = "config.json"
@@ -73,19 +74,34 @@ class RunDir:
         return handle
 
     @classmethod
+    def check_new(cls, path: Path, force: bool = False) -> None:
+        """Raise UsageError unless a new run can be started at `path`; changes nothing on disk."""
+        path = Path(path)
+        existing = next((p for p in (path, *path.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            where = "the run directory" if existing == path else "a folder on the run's path"
+            raise UsageError(f"{existing} is a file, but {where}; choose another --name or --out")
+        if path.is_dir() and any(path.iterdir()):
+            if not force:
+                raise UsageError(
+                    f"run directory {path} already exists; continue it with --resume {path}, "
+                    "choose another --name, or pass --force to replace it"
+                )
+            if not (path / CONFIG_FILE).exists():
+                raise UsageError(f"{path} exists and is not a sagan run; refusing to replace it even with --force")
+            cls(path)._acquire_lock().close()  # refuse to delete a run that another process is training
+
+    @classmethod
     def create(cls, path: Path, config: TrainConfig, force: bool = False, enabled: bool = True) -> "RunDir":
-        """Start a new run directory; an existing run is only replaced with force."""
+        """Start a new run directory; an existing run is only replaced with force.
+
+        Callers run every other check first (the CLI: config, data, batch size): the old run is
+        deleted here, and nothing after this point should refuse the new one.
+        """
         run = cls(path, enabled)
         if enabled:
+            cls.check_new(run.path, force)
             if run.path.exists() and any(run.path.iterdir()):
-                if not force:
-                    raise UsageError(
-                        f"run directory {run.path} already exists; continue it with --resume {run.path}, "
-                        "choose another --name, or pass --force to replace it"
-                    )
-                if not (run.path / CONFIG_FILE).exists():
-                    raise UsageError(f"{run.path} exists and is not a sagan run; refusing to replace it even with --force")
-                run._acquire_lock().close()  # refuse to delete a run that another process is training
                 shutil.rmtree(run.path)
             run.checkpoints.mkdir(parents=True, exist_ok=True)
             run.samples.mkdir(parents=True, exist_ok=True)
@@ -94,7 +110,7 @@ class RunDir:
 
     def write_config(self, config: TrainConfig) -> None:
         if self.enabled:
-            atomic_write_bytes(self.path / CONFIG_FILE, (config.to_json() + "\n").encode())
+            write_atomically(self.path / CONFIG_FILE, (config.to_json() + "\n").encode(), durable=True)
 
     def read_config(self) -> TrainConfig:
         """The config a run was started with."""
@@ -103,6 +119,8 @@ class RunDir:
             return TrainConfig.from_dict(json.loads(config_path.read_text()))
         except FileNotFoundError:
             raise UsageError(f"{self.path} is not a sagan run directory (no {CONFIG_FILE})") from None
+        except OSError as exc:
+            raise UsageError(f"cannot read {config_path}: {exc.strerror or exc}") from None
         except (ValueError, TypeError) as exc:
             raise UsageError(f"{config_path} is damaged ({exc}); fix or remove it") from None
 
@@ -140,12 +158,20 @@ class RunDir:
                 old.unlink(missing_ok=True)
 
     def rewind(self, step: int) -> None:
-        """Prepare to continue from `step`: drop temp files a killed writer left, and metrics logged after `step`."""
+        """Prepare to continue from `step`: drop temp files a killed writer left, and what the run
+        wrote after `step` (metrics, preview grids, periodic checkpoints): resuming from an earlier
+        checkpoint abandons those steps, and a later --resume must not pick them up again."""
         if not self.enabled:
             return
-        for folder in (self.path, self.checkpoints):
+        for folder in (self.path, self.checkpoints, self.samples):
             for stale in folder.glob(".*.tmp") if folder.is_dir() else ():
-                stale.unlink(missing_ok=True)  # atomic_write_bytes' temp names; never a complete file
+                stale.unlink(missing_ok=True)  # write_atomically's temp names; never a complete file
+        for checkpoint in self.checkpoints_after(step):
+            checkpoint.unlink(missing_ok=True)
+        for grid in self.samples.glob("step_*.png") if self.samples.is_dir() else ():
+            number = grid.stem.removeprefix("step_")
+            if number.isdigit() and int(number) > step:
+                grid.unlink(missing_ok=True)
         metrics = self.path / METRICS_FILE
         if metrics.exists():
             kept = []
@@ -156,7 +182,18 @@ class RunDir:
                     continue  # the half-written last line of a killed run
                 if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
                     kept.append(line + "\n")
-            atomic_write_bytes(metrics, "".join(kept).encode())
+            write_atomically(metrics, "".join(kept).encode(), durable=True)
+
+    def checkpoints_after(self, step: int) -> list[Path]:
+        """Checkpoints (final included) of steps after `step`: what resuming from `step` abandons."""
+        later = [p for p in self.step_checkpoints() if int(STEP_PATTERN.match(p.name).group(1)) > step]
+        final = self.checkpoints / f"{FINAL_NAME}.safetensors"
+        try:
+            if final.exists() and read_checkpoint_info(final).step > step:
+                later.append(final)
+        except CheckpointError:
+            pass  # unreadable: never picked by latest_checkpoint, and overwritten when this run finishes
+        return later
 
     def latest_checkpoint(self) -> Path | None:
         """The readable checkpoint with the highest step (final included), or None."""

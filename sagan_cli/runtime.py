@@ -29,12 +29,22 @@ def resolve_device(name: str) -> torch.device:
         raise UsageError(f"--device {name} was asked for but CUDA is not available here; use --device cpu or auto")
     if name == "mps" and not torch.backends.mps.is_available():
         raise UsageError("--device mps was asked for but MPS is not available here; use --device cpu or auto")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0 or auto")
+    return device
 
 
 def process_rank() -> int:
     """This process's global rank under torchrun (0 when not distributed)."""
-    return int(os.environ.get("RANK", "0"))
+    value = os.environ.get("RANK", "0")
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"environment variable RANK={value!r} is not a process rank (torchrun sets it); unset it") from None
 
 
 def is_main_process() -> bool:

@@ -29,7 +29,7 @@ from .rundir import RunDir
 from .runtime import preferred_memory_format
 from .sampling import generate, make_grid, sample_latents
 
-STREAM_LATENTS, STREAM_LABELS = 0, 1
+STREAM_LATENTS = 0  # a step's latents, then its fake labels, come from this stream
 PREVIEW_SAMPLES = 64
 
 
@@ -113,6 +113,26 @@ def _match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
             for key, value in optimizer.state.get(param, {}).items():
                 if value.shape == param.shape and value.stride() != param.stride():
                     optimizer.state[param][key] = torch.empty_like(param).copy_(value)
+
+
+def check_training_data(config: TrainConfig, data: ImageData, resume_from: Path | None = None) -> None:
+    """Refuse data this run cannot train on, before any file of the run is touched.
+
+    On resume the data must be what the checkpoint trained on: same dataset, source and shape. A
+    run started on torchvision's MNIST and resumed offline would otherwise go on with the 10,000
+    bundled digits without a word.
+    """
+    if config.model.num_classes and data.labels is None:
+        raise UsageError(f"--conditional needs labels, but {config.dataset!r} has none")
+    if len(data) < config.batch_size:
+        raise UsageError(f"--batch-size {config.batch_size} is larger than the dataset ({len(data)} images); lower it")
+    if resume_from is not None:
+        trained_on = read_checkpoint_info(resume_from).metadata.get("data_id")
+        if trained_on is not None and trained_on != data.data_id:
+            raise UsageError(
+                f"--resume {resume_from}: the run trained on {trained_on!r}, but the data loaded now is "
+                f"{data.data_id!r}; make the same data available (e.g. --data-dir) to continue it"
+            )
 
 
 def restore_state(state: TrainState, checkpoint: Path) -> None:
@@ -225,9 +245,11 @@ def preview_grid(state: TrainState, config: TrainConfig) -> torch.Tensor:
 def save_training_checkpoint(state: TrainState, config: TrainConfig, run: RunDir, name: str, data: ImageData) -> Path | None:
     """Write a full checkpoint (after checking the weights are finite); None when this rank does not write."""
     if not weights_are_finite(state.generator, state.discriminator, state.generator_ema):
+        last = run.latest_checkpoint()
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
         raise DivergenceError(
-            f"training diverged at step {state.step}: non-finite weights; not saving them. "
-            f"The last good checkpoint is {run.latest_checkpoint()}; try lower learning rates"
+            f"training diverged at step {state.step}: non-finite weights; not saving them; {kept}; "
+            "try lower learning rates (--lr-g/--lr-d)"
         )
     return run.write_checkpoint(
         name,
@@ -256,12 +278,12 @@ def train(
     resume_from: Path | None = None,
 ) -> Path | None:
     """Train until config.max_steps; return the final checkpoint (None on non-writing ranks)."""
-    if len(data) < config.batch_size:
-        raise UsageError(f"--batch-size {config.batch_size} is larger than the dataset ({len(data)} images); lower it")
+    check_training_data(config, data, resume_from)
     state = build_state(config, device)
     if resume_from is not None:
         restore_state(state, resume_from)
         run.rewind(state.step)
+        run.write_config(config)  # only now: a checkpoint that failed to load leaves config.json as it was
         reporter.log(f"resuming {run.path} from step {state.step} ({resume_from.name})")
     state.generator.train()
     state.discriminator.train()
@@ -286,6 +308,7 @@ def _train_loop(
 ) -> Path | None:
     """The step loop of `train`: log, preview, checkpoint; stop cleanly on a signal, loudly on divergence."""
     window_start, window_steps = time.perf_counter(), 0
+    saved_step = state.step if last_checkpoint is not None else None
     try:
         while state.step < config.max_steps:
             step_start = time.perf_counter()
@@ -308,17 +331,20 @@ def _train_loop(
                 )
             if state.step % config.save_every == 0 and state.step < config.max_steps:
                 last_checkpoint = save_training_checkpoint(state, config, run, run.step_name(state.step), data)
+                saved_step = state.step
                 run.prune_checkpoints(config.keep)
-            if stop.signal_number is not None:
-                break
+            if stop.signal_number is not None and state.step < config.max_steps:
+                break  # a signal during the last step changes nothing: the final checkpoint follows
     except KeyboardInterrupt:
         # Raised mid-step (no graceful handler installed, or a second Ctrl-C): the state may be
         # half-updated, so it is not saved; the last periodic checkpoint stays the resume point.
         kept = f"resume from {last_checkpoint}" if last_checkpoint else "no checkpoint was saved"
         raise Interrupted(f"interrupted at step {state.step} without saving; {kept}", EXIT_SIGINT) from None
-    if stop.signal_number is not None:
-        path = save_training_checkpoint(state, config, run, run.step_name(state.step), data)
-        run.prune_checkpoints(config.keep)
+    if state.step < config.max_steps:  # stopped by a signal: save (unless this step just was) and say how to go on
+        if saved_step != state.step:
+            last_checkpoint = save_training_checkpoint(state, config, run, run.step_name(state.step), data)
+            run.prune_checkpoints(config.keep)
         code = EXIT_SIGINT if stop.signal_number == signal.SIGINT else EXIT_SIGTERM
-        raise Interrupted(f"stopped at step {state.step}; saved {path}; continue with: sagan train --resume {run.path}", code)
+        saved = f"saved {last_checkpoint}" if last_checkpoint else "the main process saved a checkpoint"
+        raise Interrupted(f"stopped at step {state.step}; {saved}; continue with: sagan train --resume {run.path}", code)
     return save_training_checkpoint(state, config, run, "final", data)

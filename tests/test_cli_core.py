@@ -135,6 +135,20 @@ def test_image_folder_with_mixed_modes_and_sizes(tmp_path: Path) -> None:
     assert red[0].mean() > 240 and red[1:].mean() < 15  # still red after resize and crop
 
 
+def test_16_bit_and_transparent_images_keep_their_tones(tmp_path: Path) -> None:
+    # Was: a 16-bit grey ramp loaded almost all white (convert("L") clips at 255), and a transparent
+    # image was black at 1 channel but white at 3.
+    ramp = torch.linspace(0, 65535, 64 * 64).reshape(64, 64).to(torch.int32).numpy().astype("uint16")
+    Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+    Image.new("RGBA", (28, 28), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    names = [p.name for p in find_images(tmp_path)]
+    for channels in (1, 3):
+        images = load_folder(tmp_path, channels=channels, image_size=28, log=lambda m: None).images.float()
+        ramp_loaded, clear = images[names.index("ramp16.png")], images[names.index("clear.png")]
+        assert abs(ramp_loaded.mean().item() - 127.5) < 3 and ramp_loaded.min() < 10 and ramp_loaded.max() > 245
+        assert clear.min().item() == 255  # transparent is white at either channel count
+
+
 def test_train_on_an_image_folder(tmp_path: Path) -> None:
     folder = tmp_path / "pictures"
     folder.mkdir()

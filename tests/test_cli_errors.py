@@ -224,12 +224,18 @@ def test_unknown_dataset_name_lists_the_known_ones(tmp_path: Path) -> None:
         (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
         (["--image-size", "48"], "--image-size 48 is not supported; use one of 28, 32, 64, 128, 256"),
         (["--keep", "0"], "--keep must be at least 1"),
-        (["--lr-g", "0"], "--lr-g must be positive"),
+        (["--lr-g", "0"], "--lr-g must be a positive finite number, got 0.0"),
         (["--beta2", "1"], "--beta2 must be in [0, 1)"),
         (["--seed", "-1"], "--seed must be in"),
         (["--seed", str(2**40)], "--seed must be in"),
         (["--channels", "2"], "--channels must be 1 or 3"),
         (["--attn-res", "5"], "attention resolution(s) [5] do not exist"),
+        # Was: accepted, and D (whose maps are 14 and 7) silently got no attention at all.
+        (["--attn-res", "28"], "--attn-res 28: at 28 px only one of G and D has a 28x28 feature map"),
+        (["--lr-d", "inf"], "--lr-d must be a positive finite number, got inf"),
+        (["--lr-g", "nan"], "--lr-g must be a positive finite number, got nan"),
+        # Was: accepted, and the run's checkpoints then failed to load ("wrong type").
+        (["--save-every", str(10**13)], "--save-every must be at most 1099511627776"),
         (["--max-steps", "abc"], "Invalid value for '--max-steps'"),
         (["--no-such-flag"], "No such option"),
     ],
@@ -387,6 +393,76 @@ def test_resume_below_the_checkpoint_step_is_refused(resumable_run: Path) -> Non
 def test_resume_of_something_that_is_not_a_run(tmp_path: Path) -> None:
     assert_one_error(run_cli("train", "--resume", tmp_path / "nothing"), EXIT_USAGE, "no such run directory or checkpoint")
     assert_one_error(run_cli("train", "--resume", tmp_path), EXIT_USAGE, "is not a sagan run directory")
+    # Was: "unexpected NotADirectoryError", exit 1.
+    (tmp_path / "step1.bak").write_bytes(b"x")
+    assert_one_error(run_cli("train", "--resume", tmp_path / "step1.bak"), EXIT_USAGE, "pass a run directory or one of its")
+    (tmp_path / "listrun").mkdir()
+    (tmp_path / "listrun" / "config.json").write_text("[]")
+    assert_one_error(run_cli("train", "--resume", tmp_path / "listrun"), EXIT_USAGE, "config.json is damaged", "JSON object")
+
+
+def test_resume_from_a_checkpoint_that_fails_to_load_leaves_the_config_alone(resumable_run: Path, tmp_path: Path) -> None:
+    # Was: config.json got the new --max-steps before the checkpoint's tensors turned out unreadable.
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(resumable_run, run)
+    checkpoint = run / "checkpoints" / "step_000002.safetensors"
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[: len(data) - 64])  # header intact, tensors cut short
+    (run / "checkpoints" / "final.safetensors").unlink()
+    before = (run / "config.json").read_bytes()
+    assert_one_error(run_cli("train", "--resume", checkpoint, "--max-steps", "7"), EXIT_USAGE, "is damaged")
+    assert (run / "config.json").read_bytes() == before
+
+
+def test_a_refused_new_run_leaves_the_old_one_and_creates_nothing(resumable_run: Path, tmp_path: Path) -> None:
+    # Was: --force deleted the old run first; the batch-size check after loading the data then refused.
+    folder = tmp_path / "three"
+    _write_digits(folder, 3)
+    before = snapshot(resumable_run)
+    result = run_cli(
+        "train", *TINY, "--dataset", folder, "--image-size", "28", "--channels", "1", "--max-steps", "1",
+        "--out", resumable_run.parent, "--name", resumable_run.name, "--force",
+    )
+    assert_one_error(result, EXIT_USAGE, "--batch-size 8 is larger than the dataset (3 images)")
+    assert snapshot(resumable_run) == before
+    # ... and a new name that is refused leaves no directory behind to block the next try.
+    result = run_cli("train", *TINY, "--dataset", folder, "--image-size", "28", "--channels", "1", "--out", tmp_path / "runs", "--name", "new")
+    assert_one_error(result, EXIT_USAGE, "larger than the dataset")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_path_through_a_file_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    result = run_cli("train", *TINY, "--max-steps", "1", "--out", tmp_path, "--name", "afile")
+    assert_one_error(result, EXIT_USAGE, "afile is a file", "another --name or --out")
+    result = run_cli("train", *TINY, "--max-steps", "1", "--out", tmp_path / "afile")
+    assert_one_error(result, EXIT_USAGE, "afile is a file")
+
+
+def test_resume_on_other_data_is_refused(tmp_path: Path) -> None:
+    # Was: a folder run resumed with 5 more images in the folder trained on, silently, on other data.
+    folder = tmp_path / "imgs"
+    _write_digits(folder, 8)
+    flags = [*TINY, "--dataset", folder, "--image-size", "28", "--channels", "1", "--out", tmp_path / "runs", "--name", "f"]
+    assert run_cli("train", *flags, "--max-steps", "1").exit_code == 0
+    for i in range(8, 12):
+        Image.new("L", (28, 28), color=i * 20).save(folder / f"digit_{i}.png")
+    result = run_cli("train", "--resume", tmp_path / "runs" / "f", "--max-steps", "2")
+    assert_one_error(result, EXIT_USAGE, "the run trained on", "8x1x28x28", "12x1x28x28", "make the same data available")
+
+
+def test_a_folder_run_resumes_from_another_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Was: the folder was stored as typed ("imgs"), so a resume from elsewhere said "unknown dataset 'imgs'".
+    _write_digits(tmp_path / "imgs", 8)
+    monkeypatch.chdir(tmp_path)
+    flags = [*TINY, "--dataset", "./imgs", "--image-size", "28", "--channels", "1", "--name", "rel"]
+    assert run_cli("train", *flags, "--max-steps", "1").exit_code == 0
+    assert json.loads((tmp_path / "runs" / "rel" / "config.json").read_text())["dataset"] == str(tmp_path / "imgs")
+    monkeypatch.chdir(tmp_path.parent)
+    result = run_cli("train", "--resume", tmp_path / "runs" / "rel", "--max-steps", "2")
+    assert result.exit_code == 0, result.stderr
 
 
 def test_new_run_over_an_existing_one_needs_force(resumable_run: Path) -> None:
@@ -397,6 +473,13 @@ def test_new_run_over_an_existing_one_needs_force(resumable_run: Path) -> None:
 
 
 # --- devices ------------------------------------------------------------------------------------
+
+
+def test_a_malformed_rank_variable_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANK", "abc")
+    result = run_cli("train", *TINY, "--max-steps", "1", "--out", tmp_path / "runs")
+    assert_one_error(result, EXIT_USAGE, "RANK='abc'")
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from sagan_cli.checkpoint import atomic_write_bytes, load_generator, read_checkpoint_info
-from sagan_cli.errors import EXIT_FAILURE, EXIT_SIGINT, EXIT_SIGTERM
+from sagan_cli.checkpoint import load_generator, read_checkpoint_info
+from sagan_cli.errors import EXIT_FAILURE, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, SaganError
+from sagan_cli.outputs import write_atomically
 
 from conftest import run_cli
 
@@ -51,16 +52,62 @@ def losses(run: Path) -> list[tuple[int, float, float]]:
 
 def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "final.safetensors"
-    atomic_write_bytes(target, b"old complete file")
+    write_atomically(target, b"old complete file", durable=True)
 
     def crash(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", crash)  # the process "dies" after writing the temp file, before the rename
-    with pytest.raises(OSError):
-        atomic_write_bytes(target, b"new file")
+    with pytest.raises(SaganError, match="cannot write .*final.safetensors: No space left on device"):
+        write_atomically(target, b"new file", durable=True)
     assert target.read_bytes() == b"old complete file"
     assert [p.name for p in tmp_path.iterdir()] == ["final.safetensors"]
+
+
+def test_run_files_get_the_mode_the_umask_gives_like_any_other_file(tiny_run: Path) -> None:
+    # Was: 0600 (mkstemp's mode), so nobody else on a shared machine could read a checkpoint.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    expected = 0o666 & ~mask
+    for path in (tiny_run / "config.json", tiny_run / "checkpoints" / "final.safetensors", tiny_run / "metrics.jsonl"):
+        assert path.stat().st_mode & 0o777 == expected, path
+
+
+def _train_with_a_signal_pending(tmp_path: Path, max_steps: int, save_every: int) -> tuple[Exception | None, Path]:
+    """The library trainer with SIGTERM already requested: it arrives during the first step."""
+    from sagan_cli.config import TrainConfig
+    from sagan_cli.data import load_dataset
+    from sagan_cli.model import ModelConfig
+    from sagan_cli.progress import PlainReporter
+    from sagan_cli.rundir import RunDir
+    from sagan_cli.train import StopFlag, train
+
+    config = TrainConfig(
+        max_steps=max_steps, batch_size=8, save_every=save_every, keep=10,
+        model=ModelConfig(g_width=8, d_width=8, z_dim=16),
+    )
+    run = RunDir.create(tmp_path / "run", config)
+    stop = StopFlag()
+    stop.request(signal.SIGTERM)
+    try:
+        train(config, load_dataset("mnist", download=False), run, torch.device("cpu"), PlainReporter(), stop=stop)
+    except Exception as exc:  # noqa: BLE001 - the test inspects what ended training
+        return exc, run.path
+    return None, run.path
+
+
+def test_a_signal_during_the_last_step_still_finishes_the_run(tmp_path: Path) -> None:
+    # Was: step_000001 saved instead of final, and exit 143 "stopped" although training had completed.
+    error, run = _train_with_a_signal_pending(tmp_path, max_steps=1, save_every=500)
+    assert error is None
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["final.safetensors"]
+
+
+def test_a_signal_on_a_save_step_stops_there_with_that_checkpoint_to_resume_from(tmp_path: Path) -> None:
+    error, run = _train_with_a_signal_pending(tmp_path, max_steps=5, save_every=1)
+    assert error is not None and error.exit_code == EXIT_SIGTERM
+    assert f"saved {run / 'checkpoints' / 'step_000001.safetensors'}" in str(error)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000001.safetensors"]
 
 
 def test_keep_holds_the_newest_periodic_checkpoints_plus_final(tmp_path: Path) -> None:
@@ -109,14 +156,35 @@ def test_n_steps_then_resume_n_steps_equals_2n_straight(setup: str, small_folder
 def test_resume_from_a_periodic_checkpoint_mid_run_is_exact(tmp_path: Path) -> None:
     flags = [*TINY, "--save-every", "2", "--keep", "10", "--out", str(tmp_path)]
     assert run_cli("train", *flags, "--max-steps", "5", "--name", "a").exit_code == 0
-    # Continue from step 2 in a copy: the run forgets steps 3..5 (metrics included) and redoes them.
-    result = run_cli("train", "--resume", tmp_path / "a" / "checkpoints" / "step_000002.safetensors", "--max-steps", "5")
+    checkpoints = tmp_path / "a" / "checkpoints"
+    before = {p.name: p.read_bytes() for p in checkpoints.iterdir()}
+    # Going back to step 2 abandons steps 3..5: refused without --force, and nothing is touched.
+    refused = run_cli("train", "--resume", checkpoints / "step_000002.safetensors", "--max-steps", "5")
+    assert refused.exit_code == EXIT_USAGE
+    assert "later checkpoints (step_000004.safetensors, final.safetensors)" in refused.stderr
+    assert {p.name: p.read_bytes() for p in checkpoints.iterdir()} == before
+    # With --force the run forgets steps 3..5 (metrics included) and redoes them.
+    result = run_cli("train", "--resume", checkpoints / "step_000002.safetensors", "--max-steps", "5", "--force")
     assert result.exit_code == 0, result.stderr
     assert "from step 2" in result.stderr
     assert [step for step, _, _ in losses(tmp_path / "a")] == [1, 2, 3, 4, 5]
     assert run_cli("train", *flags, "--max-steps", "5", "--name", "b").exit_code == 0
     assert_same_tensors(tmp_path / "a" / "checkpoints" / "final.safetensors", tmp_path / "b" / "checkpoints" / "final.safetensors")
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
+
+
+def test_going_back_to_an_earlier_checkpoint_drops_the_abandoned_steps(tmp_path: Path) -> None:
+    # Was: step 3's checkpoint and preview outlived a resume from step 1 to 2, and the next plain
+    # --resume picked step 3 up again, a step of the abandoned timeline.
+    flags = [*TINY, "--save-every", "1", "--sample-every", "1", "--keep", "10", "--out", str(tmp_path)]
+    assert run_cli("train", *flags, "--max-steps", "4", "--name", "rw").exit_code == 0
+    run = tmp_path / "rw"
+    result = run_cli("train", "--resume", run / "checkpoints" / "step_000001.safetensors", "--max-steps", "2", "--force")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["final.safetensors", "step_000001.safetensors"]
+    assert read_checkpoint_info(run / "checkpoints" / "final.safetensors").step == 2
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_000001.png", "step_000002.png"]
+    assert [step for step, _, _ in losses(run)] == [1, 2]
 
 
 # --- divergence ---------------------------------------------------------------------------------
@@ -227,7 +295,8 @@ def test_sigint_and_sigterm_save_a_checkpoint_and_exit_130_and_143(tmp_path: Pat
 
 
 def test_only_safetensors_is_loaded_from_user_paths() -> None:
-    """No unrestricted unpickling in our code: only torch.load(weights_only=True), used for the (trusted) Inception weights."""
+    """No unrestricted unpickling in our code: only torch.load(weights_only=True), for the (trusted) Inception
+    weights and for checking metrics-cache files before torch-fidelity loads them."""
     package = Path(__file__).resolve().parent.parent / "sagan_cli"
     unpicklers = re.compile(r"\b(torch\.load|torch\.jit\.load|pickle\.loads?|dill\.load|joblib\.load|numpy\.load|np\.load)\(")
     found = {}
