@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
@@ -133,6 +134,16 @@ def test_image_folder_with_mixed_modes_and_sizes(tmp_path: Path) -> None:
     assert gray.images.shape == (7, 1, 28, 28)
     red = rgb.images[[p.name for p in find_images(tmp_path)].index("red.jpg")].float()
     assert red[0].mean() > 240 and red[1:].mean() < 15  # still red after resize and crop
+
+
+def test_resizing_a_set_in_chunks_gives_the_same_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sagan_cli.data
+
+    images = torch.randint(0, 256, (50, 3, 40, 30), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    whole = sagan_cli.data.resize_images(images, 1, 28)
+    monkeypatch.setattr(sagan_cli.data, "RESIZE_CHUNK", 7)
+    assert torch.equal(sagan_cli.data.resize_images(images, 1, 28), whole)
+    assert whole.shape == (50, 1, 28, 28) and whole.dtype == torch.uint8
 
 
 def test_16_bit_and_transparent_images_keep_their_tones(tmp_path: Path) -> None:

@@ -193,6 +193,15 @@ def test_a_folder_too_big_for_memory_is_refused_before_decoding(tmp_path: Path, 
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_registered_dataset_too_big_for_memory_at_the_asked_size_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Was: MNIST at 256 px was resized in one piece, float intermediates and all, until memory ran out.
+    import sagan_cli.data
+
+    monkeypatch.setattr(sagan_cli.data, "available_memory_bytes", lambda: 2**29)  # 0.5 GiB free
+    result = run_cli("train", *TINY, "--max-steps", "1", "--image-size", "256", "--out", tmp_path / "runs")
+    assert_one_error(result, EXIT_USAGE, "mnist: 10,000 images at 1x256x256 need 0.6 GiB", "0.5 GiB available")
+
+
 def test_corrupt_images_are_skipped_with_a_count(tmp_path: Path) -> None:
     folder = tmp_path / "mixed"
     _write_digits(folder, 9)
