@@ -13,7 +13,7 @@ import torch
 from .checkpoint import CheckpointInfo, load_generator, read_checkpoint_info
 from .errors import UsageError
 from .evaluation import EvalOptions, load_for_scoring, load_reference, score_generator
-from .extractors import Extractor, file_sha256, resolve_extractor
+from .extractors import Extractor, digits_caveat, file_sha256, resolve_extractor
 from .model import count_parameters
 from .sampling import check_sample_count, generate, sample_labels, sample_latents
 
@@ -107,6 +107,10 @@ def compare_checkpoints(paths: list[Path], options: EvalOptions, cache_folder: P
         check_sample_count(options.num_samples, info.model)
     model = infos[0].model
     extractor = resolve_extractor(options.extractor, model.channels, model.image_size, options.inception_weights)
+    for dataset in sorted({info.dataset for info in infos}):
+        caveat = digits_caveat(extractor, dataset)
+        if caveat:
+            log(caveat)
     reference = None if reference_name is None else load_reference(reference_name, infos[0], options.num_samples, log)
     names = display_names(paths)
     generators, scores = [], []

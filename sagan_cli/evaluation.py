@@ -15,7 +15,7 @@ from .checkpoint import CheckpointInfo, load_generator, read_checkpoint_info
 from .config import check_seed
 from .data import ImageData, load_dataset
 from .errors import UsageError
-from .extractors import Extractor, file_sha256, resolve_extractor
+from .extractors import Extractor, digits_caveat, file_sha256, resolve_extractor
 from .metrics import (
     METRICS,
     GeneratorInput,
@@ -219,6 +219,9 @@ def evaluate_checkpoint(checkpoint: Path, options: EvalOptions, cache_folder: Pa
     """Score one checkpoint: FID / IS / KID (as asked) against its training data or --ref (IS alone needs none)."""
     options.validate()
     generator, info, extractor = prepare(checkpoint, options)
+    caveat = digits_caveat(extractor, options.ref or info.dataset)
+    if caveat:
+        log(caveat)
     reference = load_reference(options.ref or info.dataset, info, options.num_samples, log) if options.needs_reference else None
     against = "" if reference is None else f" against {reference.data_id} ({reference.images.shape[0]} images)"
     log(f"scoring {checkpoint} ({options.num_samples} samples, seed {options.seed}){against} with the {extractor.name} extractor")

@@ -166,6 +166,17 @@ def file_sha256(path: Path) -> str:
     return _SHA_CACHE[key]
 
 
+def digits_caveat(extractor: Extractor, dataset: str) -> str | None:
+    """A warning when the MNIST digit classifier scores a model of something else (fashion-mnist, a folder)."""
+    if extractor.name != "digits" or dataset == "mnist":
+        return None
+    return (
+        f"warning: the digits extractor is an MNIST classifier, and {dataset} is not MNIST: FID and KID compare "
+        "digit features and IS counts digit classes, so the scores rank models only roughly; "
+        "pass --inception-weights for the standard scores"
+    )
+
+
 def resolve_extractor(name: str, channels: int, image_size: int, inception_weights: Path | None = None) -> Extractor:
     """Pick and check the extractor: `auto` = inception when its weights are given or exist, else digits when it fits."""
     if name not in EXTRACTOR_CHOICES:

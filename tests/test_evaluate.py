@@ -249,6 +249,18 @@ def test_inception_score_alone_needs_no_reference_data(tmp_path: Path) -> None:
     assert with_ref.exit_code == 2 and "drop --ref" in with_ref.stderr  # --ref would be silently unused
 
 
+def test_digits_scores_of_a_model_that_is_not_of_digits_come_with_a_warning(tmp_path: Path) -> None:
+    # `auto` picks the digit classifier for every grey model offline; on fashion-mnist its IS counts
+    # digit classes. The scores are still given (they rank models), with a warning saying what they are.
+    checkpoint = _checkpoint_trained_on(tmp_path, "fashion-mnist")
+    result = run_cli("evaluate", checkpoint, "--isc", "-n", 60, "--json")
+    assert result.exit_code == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "fashion-mnist is not MNIST" in warning[0] and "--inception-weights" in warning[0]
+    mnist = run_cli("evaluate", _checkpoint_trained_on(tmp_path, "mnist"), "--isc", "-n", 60, "--json")
+    assert mnist.exit_code == 0 and "warning:" not in mnist.stderr
+
+
 def test_reference_of_one_image_is_refused_before_scoring(tiny_checkpoint: Path, tmp_path: Path) -> None:
     # Was: numpy warnings, then "torch-fidelity refused the inputs ... infs or NaNs", exit 1.
     from PIL import Image
