@@ -337,6 +337,8 @@ def sample(
     check_seed(seed)
     path = Path(output)
     folder = wants_folder(path, output)
+    if folder and nrow is not None:
+        raise UsageError(f"--nrow only applies to a grid, and -o {output} is a folder of single images; drop --nrow")
     check_sample_count(num, read_checkpoint_info(checkpoint).model, grid=not folder)
     names = sample_file_names(num)
     if folder:

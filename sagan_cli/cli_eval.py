@@ -41,7 +41,12 @@ def _format_metric(results: dict[str, float], key: str, fmt: str, with_std: bool
         return "-"
     std_key = key.replace("_mean", "_std")
     text = fmt.format(results[key])
-    return f"{text} ± {fmt.format(results[std_key])}" if with_std and std_key != key and std_key in results else text
+    if not (with_std and std_key != key and std_key in results):
+        return text
+    spread = fmt.format(results[std_key])
+    if spread == fmt.format(0.0):
+        return text  # e.g. KID with n <= 1,000: every subset is the whole set, and "± 0.00000" would read as precision
+    return f"{text} ± {spread}"
 
 
 def _finite(value: Any) -> Any:
@@ -73,7 +78,7 @@ def interpolate(
     classes: Optional[str] = typer.Option(None, "--classes", help="Walk from class A to class B at each seed's fixed z, e.g. 1,7"),
     truncation: float = typer.Option(1.0, "--truncation", help="Scale latents by T in (0, 1], as in sagan sample"),
     output: Path = typer.Option(Path("walk.png"), "-o", "--output", help="A grid image (.png/.jpg/.webp) or an animation (.gif)"),
-    duration_ms: int = typer.Option(120, "--frame-ms", help="GIF frame duration in milliseconds"),
+    duration_ms: Optional[int] = typer.Option(None, "--frame-ms", help="GIF frame duration in milliseconds (default: 120)"),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA generator when the checkpoint has one"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps"),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file"),
@@ -87,6 +92,9 @@ def interpolate(
 
     if steps < 2:
         raise UsageError(f"--steps must be at least 2 (both endpoints), got {steps}")
+    if duration_ms is not None and output.suffix.lower() != ".gif":
+        raise UsageError(f"--frame-ms only applies to a GIF, and -o {output} is a still grid; drop it or write a .gif")
+    duration_ms = 120 if duration_ms is None else duration_ms
     if duration_ms < 10:
         raise UsageError(f"--frame-ms must be at least 10, got {duration_ms}")
     check_truncation(truncation)

@@ -181,6 +181,8 @@ def resolve_extractor(name: str, channels: int, image_size: int, inception_weigh
     """Pick and check the extractor: `auto` = inception when its weights are given or exist, else digits when it fits."""
     if name not in EXTRACTOR_CHOICES:
         raise UsageError(f"unknown extractor {name!r}; use one of {', '.join(EXTRACTOR_CHOICES)}")
+    if name == "digits" and inception_weights is not None:
+        raise UsageError("--inception-weights is for the inception extractor, and --extractor digits was asked for; drop one")
     if name == "auto":
         # An explicit --inception-weights asks for Inception: a wrong path must be an error, not digits.
         inception_wanted = inception_weights is not None or default_inception_weights().is_file()

@@ -365,7 +365,7 @@ class Gate:
         """A one-line reason when the value is out of bounds, else None."""
         value = results[self.key]
         broken = value > self.bound if self.upper else value < self.bound
-        if not broken and value == value:  # NaN fails every gate
+        if not broken and math.isfinite(value):  # NaN and infinities fail every gate
             return None
         return f"{self.key} = {value:.6g} {'>' if self.upper else '<'} {self.flag} {self.bound:g}"
 

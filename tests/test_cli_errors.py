@@ -310,6 +310,18 @@ def test_eval_sample_count_beyond_memory_is_refused_before_any_work(command: str
     assert_one_error(result, EXIT_USAGE, "-n 1000000000000", "GiB")
 
 
+def test_flags_that_would_be_silently_ignored_are_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = run_cli("sample", tiny_checkpoint, "-n", "4", "--nrow", "2", "-o", f"{tmp_path / 'singles'}/")
+    assert_one_error(result, EXIT_USAGE, "--nrow only applies to a grid", "drop --nrow")
+    result = run_cli("interpolate", tiny_checkpoint, "--seeds", "1,2", "--frame-ms", "50", "-o", tmp_path / "walk.png")
+    assert_one_error(result, EXIT_USAGE, "--frame-ms only applies to a GIF")
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"x")
+    result = run_cli("evaluate", tiny_checkpoint, "--extractor", "digits", "--inception-weights", weights, "-n", "10")
+    assert_one_error(result, EXIT_USAGE, "--inception-weights is for the inception extractor")
+    assert not any(tmp_path.glob("singles*")) and not (tmp_path / "walk.png").exists()
+
+
 @pytest.mark.parametrize("class_index", ["10", "-1"])
 def test_class_out_of_range_names_the_valid_classes(class_index: str, conditional_checkpoint: Path, tmp_path: Path) -> None:
     result = run_cli("sample", conditional_checkpoint, "--class", class_index, "-o", tmp_path / "grid.png")

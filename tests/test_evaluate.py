@@ -103,6 +103,15 @@ def test_evaluate_json_schema_and_stdout_is_pure_json(tiny_checkpoint: Path, _ca
     assert any(_caches.iterdir()), "reference features were not cached"
 
 
+def test_the_table_shows_no_spread_where_there_is_none(tiny_checkpoint: Path, _caches: Path) -> None:
+    # With n <= 1,000 every KID subset is the whole set, so its std is 0: "± 0.00000" read as precision.
+    result = run_cli("evaluate", tiny_checkpoint, "-n", N, "--kid", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["metrics"]["kernel_inception_distance_std"] < 5e-6  # no spread to show
+    kid = next(line for line in result.stderr.splitlines() if " KID " in line)
+    assert "±" not in kid, kid
+
+
 def test_gates_exit_3_and_name_the_failed_gate(tiny_checkpoint: Path, _caches: Path) -> None:
     passing = run_cli("evaluate", tiny_checkpoint, "-n", N, "--fid", "--max-fid", "1e9", "--no-cache")
     assert passing.exit_code == 0, passing.stderr
@@ -283,6 +292,9 @@ def test_nan_fid_is_not_clamped_into_a_perfect_score() -> None:
     assert clamp_round_off(-1e-9) == 0.0 and clamp_round_off(3.5) == 3.5  # round-off below zero is still clamped
     assert math.isnan(clamp_round_off(float("nan"))) and clamp_round_off(float("inf")) == float("inf")
     assert failed_gates(make_gates(40.0, None, None), {KEY_FID: clamp_round_off(float("nan"))})
+    # ... and infinities fail too: -inf passed --max-fid, +inf passed --min-isc.
+    assert failed_gates(make_gates(40.0, None, None), {KEY_FID: float("-inf")})
+    assert failed_gates(make_gates(None, 2.0, None), {KEY_ISC_MEAN: float("inf")})
 
 
 class _Poison:
