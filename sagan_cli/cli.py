@@ -219,7 +219,7 @@ def train(
     seed: Optional[int] = typer.Option(None, "--seed", help=f"Seed of every random draw {_default_d('seed')}"),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps (default: auto)"),
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default: <dataset>-<attn|noattn>, numbered if taken)"),
-    out: Path = typer.Option(Path("runs"), "--out", help="Folder that holds run directories"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder that holds run directories (default: runs)"),
     save_every: Optional[int] = typer.Option(None, "--save-every", help=f"Checkpoint every N steps {_default_d('save_every')}"),
     sample_every: Optional[int] = typer.Option(None, "--sample-every", help=f"Preview grid every N steps {_default_d('sample_every')}"),
     log_every: Optional[int] = typer.Option(None, "--log-every", help=f"Log line every N steps {_default_d('log_every')}"),
@@ -259,7 +259,10 @@ def train(
         config, run_path, checkpoint = _resolve_resume(resume, given, model_given, conditional, force)
         if name is not None and name != run_path.name:
             raise UsageError(f"--name {name!r} conflicts with --resume {resume}; drop --name")
+        if out is not None and Path(out).absolute() != run_path.absolute().parent:
+            raise UsageError(f"--out {out} conflicts with --resume {resume}, whose run is in {run_path.parent}; drop --out")
     else:
+        out = Path("runs") if out is None else out
         config, checkpoint = _resolve_new_config(given, model_given, bool(conditional)), None
         base = name or f"{Path(config.dataset).name or 'data'}-{'attn' if config.model.attention else 'noattn'}"
         run_path = out / base if name else unique_run_path(out, base)

@@ -230,6 +230,7 @@ def compare(
     from .evaluation import EvalOptions, versions
     from .metrics import shared_cache
     from .outputs import check_output_file
+    from .runtime import resolve_device
     from .sampling import IMAGE_SUFFIXES, make_grid, save_image
 
     if grid_n < 1:
@@ -243,7 +244,7 @@ def compare(
     with shared_cache(cache) as folder:
         rows, used_extractor, reference = compare_checkpoints(list(checkpoints), options, folder, _log)
     if output is not None:
-        grid = make_grid(side_by_side(list(checkpoints), grid_n, seed, truncation, ema), nrow=grid_n)
+        grid = make_grid(side_by_side(list(checkpoints), grid_n, seed, truncation, ema, resolve_device(device)), nrow=grid_n)
         save_image(grid, output, {
             "checkpoints": ";".join(map(str, checkpoints)), "seed": str(seed), "truncation": str(truncation),
             "rows": ";".join(row.name for row in rows),

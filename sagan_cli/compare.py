@@ -147,11 +147,13 @@ def sampling_speeds(generators: list[Any], num: int, batch_size: int, seed: int,
     return [num / statistics.median(t) for t in times]
 
 
-def side_by_side(paths: list[Path], num: int, seed: int, truncation: float, use_ema: bool) -> torch.Tensor:
+def side_by_side(
+    paths: list[Path], num: int, seed: int, truncation: float, use_ema: bool, device: str | torch.device = "cpu"
+) -> torch.Tensor:
     """uint8 (models * num, C, S, S): the same `num` latents (and labels) through every model, one row each."""
     rows = []
     for path in paths:
-        generator, info = load_generator(path, use_ema=use_ema)
+        generator, info = load_generator(path, use_ema=use_ema, device=device)
         latents = sample_latents(num, info.model.z_dim, seed, truncation)
         rows.append(generate(generator, latents, sample_labels(num, info.model.num_classes, seed)))
     return torch.cat(rows)

@@ -385,6 +385,12 @@ def test_unknown_image_extension_lists_the_known_ones(name: str, tiny_checkpoint
 # --- resume -------------------------------------------------------------------------------------
 
 
+def test_resume_with_an_out_folder_elsewhere_is_refused(resumable_run: Path, tmp_path: Path) -> None:
+    # Was: --out was silently ignored on --resume (the run trained where it is).
+    result = run_cli("train", "--resume", resumable_run, "--max-steps", "4", "--out", tmp_path / "elsewhere")
+    assert_one_error(result, EXIT_USAGE, "--out", "conflicts with --resume", "drop --out")
+
+
 def test_resume_with_conflicting_flags_names_every_key_and_changes_nothing(resumable_run: Path) -> None:
     before = snapshot(resumable_run)
     result = run_cli("train", "--resume", resumable_run, "--lr-g", "0.1", "--g-width", "16", "--max-steps", "4")
