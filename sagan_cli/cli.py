@@ -7,7 +7,7 @@ import signal
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -17,6 +17,9 @@ from .config import RESUMABLE_OVERRIDES, TrainConfig, check_seed, config_differe
 from .errors import EXIT_FAILURE, EXIT_SIGINT, EXIT_USAGE, SaganError, UsageError
 from .model import SUPPORTED_IMAGE_SIZES, ModelConfig, feature_resolutions
 from .runtime import tune_cpu_allocator
+
+if TYPE_CHECKING:  # imported lazily at run time: `sagan --help` should not pay for it
+    from .rundir import RunDir
 
 DEFAULTS = TrainConfig()
 MODEL_DEFAULTS = ModelConfig()
@@ -169,14 +172,14 @@ def _resolve_resume(
         raise UsageError(f"--resume {run_path}: flags conflict with the run's config ({listed}); drop those flags")
     overrides = {k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES}
     config = saved.with_overrides(**overrides).validate()
-    _check_resume_step(config, run_path, checkpoint, force)
+    _check_resume_step(config, run, checkpoint, force)
     return config, run_path, checkpoint
 
 
-def _check_resume_step(config: TrainConfig, run_path: Path, checkpoint: Path, force: bool) -> None:
+def _check_resume_step(config: TrainConfig, run: RunDir, checkpoint: Path, force: bool) -> None:
     from .checkpoint import read_checkpoint_info
-    from .rundir import RunDir
 
+    run_path = run.path
     info = read_checkpoint_info(checkpoint)
     if not info.has_training_state:
         raise UsageError(f"{checkpoint} holds no training state (discriminator/optimizers); it cannot be resumed")
@@ -184,7 +187,7 @@ def _check_resume_step(config: TrainConfig, run_path: Path, checkpoint: Path, fo
         raise UsageError(f"{run_path} already finished at step {info.step}; pass a larger --max-steps to train on")
     if config.max_steps < info.step:
         raise UsageError(f"--max-steps {config.max_steps} is below the checkpoint's step {info.step} ({checkpoint}); raise it")
-    later = RunDir(run_path).checkpoints_after(info.step)
+    later = run.checkpoints_after(info.step)
     if later and not force:
         raise UsageError(
             f"--resume {checkpoint}: the run has later checkpoints ({', '.join(p.name for p in later)}) that continuing "

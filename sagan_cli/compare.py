@@ -6,18 +6,18 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from .checkpoint import CheckpointInfo, load_generator, read_checkpoint_info
+from .data import Log
 from .errors import UsageError
 from .evaluation import EvalOptions, load_for_scoring, load_reference, score_generator
 from .extractors import Extractor, digits_caveat, file_sha256, resolve_extractor
 from .model import count_parameters
 from .sampling import check_sample_count, generate, sample_labels, sample_latents
 
-Log = Callable[[str], None]
 
 
 @dataclass

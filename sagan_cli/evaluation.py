@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch_fidelity
@@ -13,7 +13,7 @@ import torch_fidelity
 from . import __version__
 from .checkpoint import CheckpointInfo, load_generator, read_checkpoint_info
 from .config import check_seed
-from .data import ImageData, load_dataset
+from .data import ImageData, Log, load_dataset
 from .errors import UsageError
 from .extractors import Extractor, digits_caveat, file_sha256, resolve_extractor
 from .metrics import (
@@ -31,7 +31,6 @@ from .sampling import check_sample_count, check_truncation, sample_labels, sampl
 
 DEFAULT_NUM_SAMPLES = 10_000
 DEFAULT_BATCH_SIZE = 500
-Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)

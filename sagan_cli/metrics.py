@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator
+from typing import ContextManager, Iterator
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from torch_fidelity.generative_model_base import GenerativeModelBase
 from .errors import SaganError, UsageError
 from .extractors import Extractor
 from .model import Generator
+from .data import Log
 from .sampling import generate
 
 KEY_FID = torch_fidelity.KEY_METRIC_FID
@@ -41,7 +42,6 @@ CACHE_VERSION = "v1"  # bump when what goes into reference features changes
 REFERENCE_SUBSET_SEED = 0  # fixed, so a reference subset (and its cache entry) never depends on --seed
 KID_SUBSET_SIZE = 1000
 ISC_SPLITS = 10
-Log = Callable[[str], None]
 
 
 def _no_log(message: str) -> None:
