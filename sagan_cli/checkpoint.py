@@ -22,7 +22,7 @@ from safetensors.torch import save as safetensors_bytes
 from . import __version__
 from .config import TrainConfig, check_field_types
 from .errors import CheckpointError
-from .model import Generator, ModelConfig
+from .model import Discriminator, Generator, ModelConfig
 from .outputs import write_atomically
 from .runtime import preferred_memory_format
 
@@ -306,3 +306,17 @@ def load_generator(path: Path, use_ema: bool = True, device: str | torch.device 
     device = torch.device(device)
     # channels_last: ~2.4x faster convolutions on CPU (oneDNN) and CUDA; same layout as in training.
     return generator.to(device, memory_format=preferred_memory_format(device)).eval(), info
+
+
+def load_discriminator(path: Path, device: str | torch.device = "cpu") -> tuple[Discriminator, CheckpointInfo]:
+    """Rebuild the discriminator from a training checkpoint, in eval mode (CheckpointError if it has none)."""
+    info = read_checkpoint_info(path)
+    if not any(name.startswith("discriminator.") for name in info.shapes):
+        raise CheckpointError(f"{path} holds no discriminator weights; use a checkpoint with them (sagan train writes them)")
+    if not _cheap_to_build(info.model):
+        with torch.device("meta"):
+            check_part_shapes(info, Discriminator(info.model), "discriminator")
+    discriminator = Discriminator(info.model)
+    load_module_state(discriminator, info.path, "discriminator")
+    device = torch.device(device)
+    return discriminator.to(device, memory_format=preferred_memory_format(device)).eval(), info

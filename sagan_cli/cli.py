@@ -367,6 +367,7 @@ def sample(
 
 
 from . import cli_eval  # noqa: E402,F401  (registers interpolate, evaluate, compare on `app`)
+from . import cli_attention  # noqa: E402,F401  (registers attention on `app`)
 
 
 def main() -> None:

@@ -160,6 +160,11 @@ class SelfAttention(nn.Module):
     k = 8), so all three share a head dimension and scaled_dot_product_attention
     can use its fused kernel (no N x N map in memory). Scale is 1, as in the paper
     (no 1/sqrt(d)). gamma starts at 0, so the block is the identity at init.
+
+    With `capture_weights` set, a forward also computes softmax(QK^T) from the same
+    q and k it hands the fused kernel and keeps it in `weights` (B, N, N): row i is
+    how query position i weighs every position (row-major over H x W). Off by
+    default: the N x N map is what the fused kernel avoids.
     """
 
     def __init__(self, channels: int) -> None:
@@ -170,6 +175,8 @@ class SelfAttention(nn.Module):
         self.value = sn_conv(channels, self.inner, 1, bias=False)
         self.out = sn_conv(self.inner, channels, 1, bias=False)
         self.gamma = nn.Parameter(torch.zeros(()))
+        self.capture_weights = False
+        self.weights: torch.Tensor | None = None  # (B, N, N) of the last forward while capturing
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, _, h, w = x.shape
@@ -183,17 +190,10 @@ class SelfAttention(nn.Module):
         b, c, h, w = x.shape  # (B, C, H, W)
         q, k, v = self._qkv(x)
         attended = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # (B, 1, N, C/8)
+        if self.capture_weights:  # what the fused kernel computes inside: softmax(q k^T) with scale 1
+            self.weights = (q[:, 0] @ k[:, 0].transpose(-1, -2)).softmax(dim=-1).detach()  # (B, N, N)
         attended = attended.transpose(-1, -2).reshape(b, self.inner, h, w)  # (B, C/8, H, W)
         return x + self.gamma * self.out(attended)
-
-    def attention_map(self, x: torch.Tensor, query_index: int) -> torch.Tensor:
-        """Attention weights of one query position over all positions: (B, H, W)."""
-        b, _, h, w = x.shape
-        if not 0 <= query_index < h * w:
-            raise ValueError(f"query index {query_index} outside the {h}x{w} feature map")
-        q, k, _ = self._qkv(x)
-        scores = q[:, 0, query_index : query_index + 1] @ k[:, 0].transpose(-1, -2)  # (B, 1, N)
-        return scores.softmax(dim=-1).reshape(b, h, w)
 
 
 class ConditionalBatchNorm2d(nn.Module):

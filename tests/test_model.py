@@ -93,21 +93,6 @@ def test_attention_matches_the_paper_formulation() -> None:
     torch.testing.assert_close(block(x), reference_attention(block, x), rtol=1e-5, atol=1e-5)
 
 
-def test_attention_map_is_a_softmax_row_of_the_reference() -> None:
-    torch.manual_seed(0)
-    block = SelfAttention(16).eval()
-    x = torch.randn(2, 16, 6, 6)
-    attention = block.attention_map(x, query_index=7)
-    assert attention.shape == (2, 6, 6)
-    torch.testing.assert_close(attention.sum(dim=(1, 2)), torch.ones(2))
-    f = block.query(x).reshape(2, -1, 36)
-    g = block.key(x).reshape(2, -1, 36)
-    expected = (f.transpose(1, 2) @ g).softmax(-1)[:, 7].reshape(2, 6, 6)
-    torch.testing.assert_close(attention, expected)
-    with pytest.raises(ValueError):
-        block.attention_map(x, query_index=36)
-
-
 def test_gamma_starts_at_zero_and_receives_gradient() -> None:
     torch.manual_seed(0)
     config = ModelConfig(image_size=28, channels=1, **TINY)

@@ -1,0 +1,247 @@
+"""Attention maps: the softmax weights each self-attention layer used in one real forward pass.
+
+The layers' opt-in capture (`SelfAttention.capture_weights`) keeps softmax(QK^T) computed from the
+very q and k of that forward, so a map is what the model attended to, not a re-computation. A
+generated image comes from exactly the latent and label `sagan sample CKPT -n 1 --seed S` uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from .data import to_model_range
+from .errors import UsageError
+from .model import Discriminator, Generator, ModelConfig, SelfAttention
+from .plotting import QUERY_COLOURS
+from .sampling import generate, sample_labels, sample_latents
+
+MAX_QUERIES = len(QUERY_COLOURS)  # each query gets a colour of its own
+DEFAULT_QUERY_COUNT = 5  # four on the object, one on the background
+FOREGROUND_CONTRAST = 48  # luma levels (of 255) from the background that count as the object
+
+
+@dataclass(frozen=True)
+class Query:
+    """A query point in image pixels: x to the right, y down, (0, 0) the top-left pixel."""
+
+    x: int
+    y: int
+
+    def grid(self, image_size: int, resolution: int) -> tuple[int, int]:
+        """(column, row) of the feature-map cell over this pixel, on a resolution x resolution map."""
+        return self.x * resolution // image_size, self.y * resolution // image_size
+
+
+@dataclass
+class LayerAttention:
+    """One attention layer's weights for one image."""
+
+    network: str  # "G" or "D"
+    resolution: int  # feature-map side: the map is resolution x resolution
+    gamma: float  # the layer's gate: how much of the attention output reaches the next layer
+    weights: torch.Tensor  # float (N, N) on the CPU, N = resolution**2; row i = query position i, sums to 1
+
+    def query_map(self, query: Query, image_size: int) -> torch.Tensor:
+        """The weights of the cell under `query` over all positions: (resolution, resolution), sums to 1."""
+        column, row = query.grid(image_size, self.resolution)
+        return self.weights[row * self.resolution + column].reshape(self.resolution, self.resolution)
+
+
+@dataclass
+class AttentionResult:
+    """An image (uint8 (C, S, S)) and every attention layer's weights on it, bottom layer first."""
+
+    image: torch.Tensor
+    network: str
+    layers: list[LayerAttention]
+
+
+def attention_layers(module: nn.Module) -> dict[int, SelfAttention]:
+    """The attention blocks of a G or D, keyed by feature-map size, in forward order."""
+    return {int(name.rsplit(".", 1)[-1]): m for name, m in module.named_modules() if isinstance(m, SelfAttention)}
+
+
+@contextlib.contextmanager
+def capturing(module: nn.Module) -> Iterator[dict[int, SelfAttention]]:
+    """Turn on weight capture in every attention block of `module` for the duration; clears it after."""
+    layers = attention_layers(module)
+    for layer in layers.values():
+        layer.capture_weights, layer.weights = True, None
+    try:
+        yield layers
+    finally:
+        for layer in layers.values():
+            layer.capture_weights, layer.weights = False, None
+
+
+def _collect(network: str, layers: dict[int, SelfAttention]) -> list[LayerAttention]:
+    collected = []
+    for resolution, layer in layers.items():
+        assert layer.weights is not None, f"attention layer {resolution} did not run"
+        collected.append(
+            LayerAttention(network, resolution, float(layer.gamma.detach()), layer.weights[0].float().cpu())
+        )
+    return collected
+
+
+def generator_attention(generator: Generator, seed: int, class_index: int | None = None) -> AttentionResult:
+    """G's image for `seed` (as `sagan sample -n 1 --seed S`) and the attention it used to draw it."""
+    config = generator.config
+    latents = sample_latents(1, config.z_dim, seed)
+    labels = sample_labels(1, config.num_classes, seed, class_index)
+    with capturing(generator) as layers:
+        image = generate(generator, latents, labels)[0]  # (C, S, S) uint8
+        return AttentionResult(image, "G", _collect("G", layers))
+
+
+@torch.inference_mode()
+def discriminator_attention(discriminator: Discriminator, image: torch.Tensor) -> AttentionResult:
+    """D's attention on one uint8 (C, S, S) image at the model's size and channels."""
+    device = next(discriminator.parameters()).device
+    batch = to_model_range(image[None]).to(device)  # (1, C, S, S) in [-1, 1], as in training
+    # The label enters only D's last layer (the projection), after every attention block: any class will do.
+    labels = torch.zeros(1, dtype=torch.int64, device=device) if discriminator.config.num_classes else None
+    with capturing(discriminator) as layers:
+        discriminator(batch, labels)
+        return AttentionResult(image, "D", _collect("D", layers))
+
+
+def parse_queries(raw: list[str], image_size: int) -> list[Query]:
+    """--query values ("X,Y", several pairs per value allowed) -> queries inside the image."""
+    queries = []
+    for value in raw:
+        parts = [part.strip() for part in value.split(",")]
+        if len(parts) % 2 or not all(part.lstrip("-").isdigit() for part in parts):
+            raise UsageError(f"--query {value!r} is not X,Y in image pixels; use e.g. --query 14,7")
+        numbers = [int(part) for part in parts]
+        for x, y in zip(numbers[::2], numbers[1::2]):
+            if not (0 <= x < image_size and 0 <= y < image_size):
+                raise UsageError(
+                    f"--query {x},{y} is outside the {image_size}x{image_size} image; X and Y must be in 0..{image_size - 1}"
+                )
+            queries.append(Query(x, y))
+    if len(queries) > MAX_QUERIES:
+        raise UsageError(f"{len(queries)} query points given; at most {MAX_QUERIES} fit one figure")
+    return queries
+
+
+def default_queries(image: torch.Tensor, count: int = DEFAULT_QUERY_COUNT) -> list[Query]:
+    """A spread of query points for a uint8 (C, S, S) image: count - 1 spread over the object, one on the background.
+
+    The background is the median luma; pixels far from it are the object. Object points are
+    picked farthest-first from the one nearest the object's centre, so they cover its parts.
+    An image without a clear object gets the centre and four points around it.
+    """
+    size = image.shape[-1]
+    luma = image.float().mean(dim=0)  # (S, S)
+    foreground = (luma - luma.median()).abs() > FOREGROUND_CONTRAST
+    ys, xs = torch.nonzero(foreground, as_tuple=True)
+    if len(xs) < count:
+        quarter, half = size // 4, size // 2
+        spots = [(half, half), (quarter, quarter), (size - 1 - quarter, quarter), (quarter, size - 1 - quarter), (size - 1 - quarter, size - 1 - quarter)]
+        return [Query(x, y) for x, y in spots[:count]]
+    points = torch.stack([xs, ys], dim=1).float()  # (P, 2)
+    first = int((points - points.mean(dim=0)).norm(dim=1).argmin())
+    chosen = [first]
+    distance = (points - points[first]).norm(dim=1)  # (P,): to the nearest chosen point
+    while len(chosen) < count - 1:
+        chosen.append(int(distance.argmax()))
+        distance = torch.minimum(distance, (points - points[chosen[-1]]).norm(dim=1))
+    queries = [Query(int(points[i, 0]), int(points[i, 1])) for i in chosen]
+    return queries + [_background_query(foreground)]
+
+
+def _background_query(foreground: torch.Tensor) -> Query:
+    """The background pixel farthest from the object, kept an eighth of the image away from the border."""
+    size = foreground.shape[0]
+    margin = size // 8
+    grid_y, grid_x = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    ys, xs = torch.nonzero(foreground, as_tuple=True)
+    candidates = (~foreground) & (grid_x >= margin) & (grid_x < size - margin) & (grid_y >= margin) & (grid_y < size - margin)
+    if not bool(candidates.any()):
+        return Query(margin, margin)
+    cy, cx = torch.nonzero(candidates, as_tuple=True)
+    distance = ((cx[:, None] - xs[None]) ** 2 + (cy[:, None] - ys[None]) ** 2).min(dim=1).values  # (candidates,)
+    best = int(distance.argmax())
+    return Query(int(cx[best]), int(cy[best]))
+
+
+def check_has_attention(model: ModelConfig, source: str) -> None:
+    """One clear error for a model trained without attention, before any weights are loaded."""
+    if not model.active_attn_resolutions:
+        raise UsageError(f"{source} has no self-attention layers (trained without --attention); there are no attention maps to show")
+
+
+def map_records(result: AttentionResult, queries: list[Query]) -> list[dict[str, Any]]:
+    """One JSON-able record per (layer, query): sizes, the query in image and grid coordinates, the weights."""
+    size = result.image.shape[-1]
+    records = []
+    for layer in result.layers:
+        for query in queries:
+            column, row = query.grid(size, layer.resolution)
+            records.append(
+                {
+                    "network": result.network,
+                    "layer": f"{result.network}{layer.resolution}",
+                    "feature_size": [layer.resolution, layer.resolution],
+                    "gamma": layer.gamma,
+                    "query": {"image": [query.x, query.y], "grid": [column, row]},
+                    "map": layer.query_map(query, size).tolist(),
+                }
+            )
+    return records
+
+
+def attention_figure(result: AttentionResult, queries: list[Query], title: str, metadata: dict[str, str]) -> bytes:
+    """The paper's figure as PNG bytes: per layer a row with the image and its queries, then one overlaid map per query."""
+    from .plotting import figure_png, new_figure
+
+    size = result.image.shape[-1]
+    columns, rows = 1 + len(queries), len(result.layers)
+    figure = new_figure(1.55 * columns + 0.4, 1.7 * rows + 0.75)
+    axes = figure.subplots(rows, columns, squeeze=False)
+    picture = result.image.permute(1, 2, 0).numpy()  # (S, S, C) uint8
+    grey = result.image.float().mean(dim=0).numpy()  # (S, S): the backdrop of the maps
+    extent = (-0.5, size - 0.5, size - 0.5, -0.5)  # pixel centres at integer coordinates, as the queries
+    for row_axes, layer in zip(axes, result.layers):
+        _show_image(row_axes[0], picture)
+        row_axes[0].set_ylabel(f"{result.network} {layer.resolution}x{layer.resolution}\ngamma {layer.gamma:+.3f}", fontsize=9)
+        for index, (axis, query) in enumerate(zip(row_axes[1:], queries)):
+            colour = QUERY_COLOURS[index]
+            weights = layer.query_map(query, size).numpy()
+            axis.imshow(grey, cmap="gray", vmin=0, vmax=255, extent=extent)
+            axis.imshow(weights, cmap="inferno", alpha=0.75, vmin=0, vmax=float(weights.max()), extent=extent, interpolation="nearest")
+            _mark(axis, query, colour)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            for spine in axis.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(2.5)
+            axis.set_title(f"({query.x}, {query.y})  max {weights.max():.2f}", fontsize=8, color=colour)
+        for index, query in enumerate(queries):
+            _mark(row_axes[0], query, QUERY_COLOURS[index])
+    figure.suptitle(title, fontsize=10)
+    figure.supxlabel(
+        "each map: the softmax weights of the query's cell over all positions (sum 1), "
+        "upsampled to the image; colour scaled to each map's maximum",
+        fontsize=7,
+    )
+    return figure_png(figure, metadata)
+
+
+def _show_image(axis: Any, picture: Any) -> None:
+    if picture.shape[2] == 1:
+        axis.imshow(picture[:, :, 0], cmap="gray", vmin=0, vmax=255)
+    else:
+        axis.imshow(picture)
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
+def _mark(axis: Any, query: Query, colour: str) -> None:
+    axis.plot([query.x], [query.y], marker="o", markersize=7, markerfacecolor=colour, markeredgecolor="white", markeredgewidth=1.2)
