@@ -367,7 +367,7 @@ def sample(
 
 
 from . import cli_eval  # noqa: E402,F401  (registers interpolate, evaluate, compare on `app`)
-from . import cli_attention  # noqa: E402,F401  (registers attention on `app`)
+from . import cli_attention, cli_report  # noqa: E402,F401  (register attention and report on `app`)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ Layout::
 
     runs/<name>/config.json            resolved training config (model config nested)
     runs/<name>/metrics.jsonl          one JSON object per logged step
+    runs/<name>/curves.png             the curves of metrics.jsonl, redrawn with each preview grid
     runs/<name>/samples/step_000250.png
     runs/<name>/checkpoints/step_000500.safetensors, final.safetensors
     runs/<name>/.lock                  flock held by the process training the run
@@ -31,6 +32,7 @@ from .sampling import save_image
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
 STEP_PATTERN = re.compile(r"^step_(\d+)\.safetensors$")
 FINAL_NAME = "final"
 
@@ -132,6 +134,16 @@ class RunDir:
     def write_sample_grid(self, step: int, grid: torch.Tensor, metadata: dict[str, str] | None = None) -> None:
         if self.enabled:
             save_image(grid, self.samples / f"step_{step:06d}.png", metadata)
+
+    def write_curves(self) -> None:
+        """Redraw curves.png from metrics.jsonl (training calls this with each preview grid)."""
+        if not self.enabled:
+            return
+        from .curves import draw_run_curves, read_metrics  # lazy: matplotlib loads on the first preview only
+
+        metrics = read_metrics(self.path / METRICS_FILE)
+        if metrics.records:  # a preview may come before the first logged step
+            write_atomically(self.path / CURVES_FILE, draw_run_curves(self.path, metrics)[0])
 
     @staticmethod
     def step_name(step: int) -> str:

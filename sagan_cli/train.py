@@ -329,6 +329,7 @@ def _train_loop(
                 run.write_sample_grid(
                     state.step, preview_grid(state, config), {"step": str(state.step), "seed": str(config.seed)}
                 )
+                run.write_curves()
             if state.step % config.save_every == 0 and state.step < config.max_steps:
                 last_checkpoint = save_training_checkpoint(state, config, run, run.step_name(state.step), data)
                 saved_step = state.step
