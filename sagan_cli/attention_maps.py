@@ -130,6 +130,12 @@ def parse_queries(raw: list[str], image_size: int) -> list[Query]:
     return queries
 
 
+def foreground_mask(image: torch.Tensor) -> torch.Tensor:
+    """(S, S) bool: the pixels of a uint8 (C, S, S) image whose luma is far from the background's (the median)."""
+    luma = image.float().mean(dim=0)  # (S, S)
+    return (luma - luma.median()).abs() > FOREGROUND_CONTRAST
+
+
 def default_queries(image: torch.Tensor, count: int = DEFAULT_QUERY_COUNT) -> list[Query]:
     """A spread of query points for a uint8 (C, S, S) image: count - 1 spread over the object, one on the background.
 
@@ -138,8 +144,7 @@ def default_queries(image: torch.Tensor, count: int = DEFAULT_QUERY_COUNT) -> li
     An image without a clear object gets the centre and four points around it.
     """
     size = image.shape[-1]
-    luma = image.float().mean(dim=0)  # (S, S)
-    foreground = (luma - luma.median()).abs() > FOREGROUND_CONTRAST
+    foreground = foreground_mask(image)
     ys, xs = torch.nonzero(foreground, as_tuple=True)
     if len(xs) < count:
         quarter, half = size // 4, size // 2
@@ -198,37 +203,48 @@ def map_records(result: AttentionResult, queries: list[Query]) -> list[dict[str,
 
 
 def attention_figure(result: AttentionResult, queries: list[Query], title: str, metadata: dict[str, str]) -> bytes:
-    """The paper's figure as PNG bytes: per layer a row with the image and its queries, then one overlaid map per query."""
+    """The paper's figure as PNG bytes: per layer a row with the image and its queries, then one map per query.
+
+    Maps are shown as weight x N (N positions; 1 = the uniform weight 1/N) on one colour scale for
+    the whole figure, so a near-uniform map looks flat and maps compare across queries and layers.
+    """
     from .plotting import figure_png, new_figure
 
     size = result.image.shape[-1]
     columns, rows = 1 + len(queries), len(result.layers)
-    figure = new_figure(1.55 * columns + 0.4, 1.7 * rows + 0.75)
+    figure = new_figure(1.55 * columns + 1.1, 1.7 * rows + 0.8)
     axes = figure.subplots(rows, columns, squeeze=False)
     picture = result.image.permute(1, 2, 0).numpy()  # (S, S, C) uint8
-    grey = result.image.float().mean(dim=0).numpy()  # (S, S): the backdrop of the maps
+    outline = foreground_mask(result.image).float().numpy()  # (S, S): the object's outline, drawn over each map
     extent = (-0.5, size - 0.5, size - 0.5, -0.5)  # pixel centres at integer coordinates, as the queries
-    for row_axes, layer in zip(axes, result.layers):
+    relative = [[layer.query_map(q, size).numpy() * layer.resolution**2 for q in queries] for layer in result.layers]
+    top = max(float(m.max()) for row in relative for m in row)
+    heat = None
+    for row_axes, layer, maps in zip(axes, result.layers, relative):
         _show_image(row_axes[0], picture)
-        row_axes[0].set_ylabel(f"{result.network} {layer.resolution}x{layer.resolution}\ngamma {layer.gamma:+.3f}", fontsize=9)
-        for index, (axis, query) in enumerate(zip(row_axes[1:], queries)):
+        row_axes[0].set_ylabel(f"{result.network} {layer.resolution}x{layer.resolution}\ngamma {layer.gamma:+.3g}", fontsize=9)
+        for index, (axis, query, weights) in enumerate(zip(row_axes[1:], queries, maps)):
             colour = QUERY_COLOURS[index]
-            weights = layer.query_map(query, size).numpy()
-            axis.imshow(grey, cmap="gray", vmin=0, vmax=255, extent=extent)
-            axis.imshow(weights, cmap="inferno", alpha=0.75, vmin=0, vmax=float(weights.max()), extent=extent, interpolation="nearest")
+            heat = axis.imshow(weights, cmap="inferno", vmin=0, vmax=top, extent=extent, interpolation="nearest")
+            if 0 < outline.sum() < outline.size:
+                axis.contour(outline, levels=[0.5], colors="white", linewidths=0.7, alpha=0.8)
             _mark(axis, query, colour)
             axis.set_xticks([])
             axis.set_yticks([])
             for spine in axis.spines.values():
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(2.5)
-            axis.set_title(f"({query.x}, {query.y})  max {weights.max():.2f}", fontsize=8, color=colour)
+            axis.set_title(f"({query.x}, {query.y})  peak {weights.max():.1f}x", fontsize=8, color=colour)
         for index, query in enumerate(queries):
             _mark(row_axes[0], query, QUERY_COLOURS[index])
+    if heat is not None:
+        bar = figure.colorbar(heat, ax=axes[:, 1:].ravel().tolist(), shrink=0.85, pad=0.02)
+        bar.set_label("weight / uniform", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
     figure.suptitle(title, fontsize=10)
     figure.supxlabel(
-        "each map: the softmax weights of the query's cell over all positions (sum 1), "
-        "upsampled to the image; colour scaled to each map's maximum",
+        "each map: the softmax weights of the query's cell over all positions, as multiples of the uniform "
+        "weight 1/N, upsampled to the image; white: the object's outline",
         fontsize=7,
     )
     return figure_png(figure, metadata)
