@@ -27,7 +27,8 @@ from .errors import EXIT_SIGINT, EXIT_SIGTERM
 from .model import Discriminator, Generator, attention_gammas
 from .rundir import RunDir
 from .runtime import preferred_memory_format
-from .sampling import generate, make_grid, sample_latents
+from .images import make_grid
+from .sampling import generate, sample_latents
 
 STREAM_LATENTS = 0  # a step's latents, then its fake labels, come from this stream
 PREVIEW_SAMPLES = 64
@@ -277,8 +278,10 @@ def train(
     stop: StopFlag | None = None,
     resume_from: Path | None = None,
 ) -> Path | None:
-    """Train until config.max_steps; return the final checkpoint (None on non-writing ranks)."""
-    check_training_data(config, data, resume_from)
+    """Train until config.max_steps; return the final checkpoint (None on non-writing ranks).
+
+    `data` must have passed check_training_data (runs.open_run checks it before creating `run`).
+    """
     state = build_state(config, device)
     if resume_from is not None:
         restore_state(state, resume_from)
