@@ -9,17 +9,31 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
+from .checkpoint import CheckpointInfo
 from .data import to_model_range
 from .errors import UsageError
 from .model import Discriminator, Generator, ModelConfig, SelfAttention
 from .plotting import QUERY_COLOURS
 from .sampling import generate, sample_labels, sample_latents
 
+@dataclass(frozen=True)
+class AttentionOptions:
+    """Defaults of `sagan attention`, read by its CLI options and by attention_from_checkpoint."""
+
+    seed: int = 0
+    output: str = "attention.png"
+    use_ema: bool = True
+    device: str = "auto"
+
+
+ATTENTION_DEFAULTS = AttentionOptions()
+FIGURE_SUFFIXES = (".png",)  # matplotlib writes the metadata (seed, checkpoint, queries) as PNG text chunks
 MAX_QUERIES = len(QUERY_COLOURS)  # each query gets a colour of its own
 DEFAULT_QUERY_COUNT = 5  # four on the object, one on the background
 FOREGROUND_CONTRAST = 48  # luma levels (of 255) from the background that count as the object
@@ -174,6 +188,48 @@ def _background_query(foreground: torch.Tensor) -> Query:
     distance = ((cx[:, None] - xs[None]) ** 2 + (cy[:, None] - ys[None]) ** 2).min(dim=1).values  # (candidates,)
     best = int(distance.argmax())
     return Query(int(cx[best]), int(cy[best]))
+
+
+def load_image_like_training(path: Path, channels: int, image_size: int) -> torch.Tensor:
+    """One image file as uint8 (C, S, S), converted as training data is (channels, shorter side to S, centre crop)."""
+    from .data import load_image_paths
+
+    if not Path(path).is_file():
+        raise UsageError(f"--image {path} is not a file; give an image such as a PNG")
+    return load_image_paths([Path(path)], channels, image_size, lambda message: None, f"--image {path}")[0]
+
+
+def attention_from_checkpoint(
+    path: Path,
+    *,
+    seed: int = ATTENTION_DEFAULTS.seed,
+    class_index: int | None = None,
+    image: Path | None = None,
+    use_ema: bool = ATTENTION_DEFAULTS.use_ema,
+    device: str = ATTENTION_DEFAULTS.device,
+) -> tuple[AttentionResult, CheckpointInfo, dict[str, str]]:
+    """G's attention on its image for `seed` or, with `image`, D's attention on that file; with the metadata that reproduces it."""
+    from .checkpoint import load_discriminator, load_generator, read_checkpoint_info
+    from .runtime import resolve_device
+    from .sampling import check_class
+
+    info = read_checkpoint_info(path)
+    check_has_attention(info.model, str(path))
+    check_class(class_index, info.model.num_classes)
+    torch_device = resolve_device(device)
+    metadata = {"checkpoint": str(path), "step": str(info.step)}
+    if image is None:
+        generator, _ = load_generator(path, use_ema=use_ema, device=torch_device)
+        result = generator_attention(generator, seed, class_index)
+        metadata.update(seed=str(seed), weights="ema" if use_ema and info.has_ema else "raw")
+        if class_index is not None:
+            metadata["class"] = str(class_index)
+    else:
+        picture = load_image_like_training(image, info.model.channels, info.model.image_size)
+        discriminator, _ = load_discriminator(path, device=torch_device)
+        result = discriminator_attention(discriminator, picture)
+        metadata["image"] = str(image)
+    return result, info, metadata
 
 
 def check_has_attention(model: ModelConfig, source: str) -> None:

@@ -22,8 +22,8 @@ from safetensors.torch import save as safetensors_bytes
 from . import __version__
 from .config import TrainConfig, check_field_types
 from .errors import CheckpointError
+from .atomic import write_atomically
 from .model import Discriminator, Generator, ModelConfig
-from .outputs import write_atomically
 from .runtime import preferred_memory_format
 
 FORMAT_NAME = "sagan"

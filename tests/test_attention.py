@@ -30,8 +30,10 @@ def _gated_model(network: type, **config: object) -> torch.nn.Module:
     return model
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("network", [Generator, Discriminator])
-def test_captured_weights_are_the_softmax_the_forward_used(network: type) -> None:
+def test_captured_weights_are_the_softmax_the_forward_used(network: type, fused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(SelfAttention, "fused", fused)  # the fused kernel, or the written-out softmax(Q K^T) V
     model = _gated_model(network, attn_resolutions=(14, 28) if network is Generator else (14,))
     inputs = (torch.randn(2, 16),) if network is Generator else (torch.rand(2, 1, 28, 28) * 2 - 1,)
     seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -75,10 +75,10 @@ def test_bad_attention_resolution_is_rejected() -> None:
 def reference_attention(block: SelfAttention, x: torch.Tensor) -> torch.Tensor:
     """The paper's equations written out with an explicit N x N map (eqs. 1-3 of arXiv 1805.08318)."""
     b, c, h, w = x.shape
-    f = block.query(x).reshape(b, -1, h * w)  # (B, C/8, N)
-    g = block.key(x).reshape(b, -1, h * w)  # (B, C/8, N)
+    g = block.query(x).reshape(b, -1, h * w)  # (B, C/8, N): the paper's g, the query
+    f = block.key(x).reshape(b, -1, h * w)  # (B, C/8, N): the paper's f, the key
     v = block.value(x).reshape(b, -1, h * w)  # (B, C/8, N)
-    s = f.transpose(1, 2) @ g  # (B, N_query, N_key)
+    s = g.transpose(1, 2) @ f  # (B, N_query, N_key): s[j, i] = f(x_i)^T g(x_j)
     beta = s.softmax(dim=-1)
     o = (v @ beta.transpose(1, 2)).reshape(b, -1, h, w)  # (B, C/8, H, W)
     return x + block.gamma * block.out(o)
@@ -90,6 +90,8 @@ def test_attention_matches_the_paper_formulation() -> None:
     with torch.no_grad():
         block.gamma.fill_(0.7)
     x = torch.randn(3, 32, 8, 8)
+    torch.testing.assert_close(block(x), reference_attention(block, x), rtol=1e-5, atol=1e-5)
+    block.fused = False  # the written-out softmax(Q K^T) V path beside the fused call
     torch.testing.assert_close(block(x), reference_attention(block, x), rtol=1e-5, atol=1e-5)
 
 

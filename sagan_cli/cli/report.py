@@ -1,32 +1,37 @@
-"""`sagan report`, registered on the main app: parsing and output only; the work is in curves.py."""
+"""`sagan report`: parsing and output only; the work is in curves.py."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from .cli import app
-from .errors import UsageError
+from ..errors import UsageError
+from . import options
+from .console import log, print_json
 
-
-@app.command(
-    epilog="Examples: sagan report runs/mnist-attn                      (redraws runs/mnist-attn/curves.png)\n\n"
+EPILOG = (
+    "Examples: sagan report runs/mnist-attn                      (redraws runs/mnist-attn/curves.png)\n\n"
     "          sagan report runs/mnist-attn -o curves.png --json   (summary as JSON on stdout)"
 )
+
+
 def report(
-    run_dir: Path = typer.Argument(..., help="A run directory written by sagan train (finished, running or old)"),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Where to draw the curves, a .png (default: RUN_DIR/curves.png, redrawn)"),
-    json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (the written path goes to stderr)"),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing -o file"),
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by sagan train (finished, running or old)")],
+    output: Annotated[
+        Optional[Path], typer.Option("-o", "--output", help="Where to draw the curves, a .png (default: RUN_DIR/curves.png, redrawn)")
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the summary as JSON on stdout (the written path goes to stderr)")
+    ] = False,
+    force: options.Force = False,
 ) -> None:
     """Draw a run's training curves from its metrics.jsonl and summarise it: steps, time, best FID, final gammas."""
-    from .curves import draw_run_curves, read_metrics
-    from .outputs import check_output_file, write_atomically
-    from .rundir import CURVES_FILE, METRICS_FILE
+    from ..atomic import write_atomically
+    from ..curves import draw_run_curves, read_metrics
+    from ..outputs import check_output_file
+    from ..rundir import CURVES_FILE, METRICS_FILE
 
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir} is not a folder; give a run directory such as runs/mnist-attn")
@@ -40,18 +45,18 @@ def report(
     picture, summary = draw_run_curves(run_dir, metrics)
     write_atomically(target, picture)
     for line in _summary_lines(run_dir, summary.to_dict(), metrics.skipped_lines):
-        print(line, file=sys.stderr)
+        log(line)
     if json_output:
-        print(json.dumps({"run": str(run_dir), "curves": str(target), **summary.to_dict()}, indent=2), flush=True)
-        print(target, file=sys.stderr)
+        print_json({"run": str(run_dir), "curves": str(target), **summary.to_dict()})
+        log(str(target))
     else:
         print(target)
 
 
-def _summary_lines(run_dir: Path, summary: dict, skipped: int) -> list[str]:
+def _summary_lines(run_dir: Path, summary: dict[str, Any], skipped: int) -> list[str]:
     """A few human lines: steps and time, best quality, final losses and gammas."""
-    minutes = summary["train_seconds"]
-    time = f" in {minutes / 60:.1f} min of training" if minutes is not None else ""
+    seconds = summary["train_seconds"]
+    time = f" in {seconds / 60:.1f} min of training" if seconds is not None else ""
     lines = [f"{run_dir}: {summary['steps']} steps{time} ({summary['records']} logged)"]
     for key, best in summary["best"].items():
         lines.append(f"best {key}: {best['value']:.4g} at step {best['step']}")
@@ -65,3 +70,8 @@ def _summary_lines(run_dir: Path, summary: dict, skipped: int) -> list[str]:
     if skipped:
         lines.append(f"note: skipped {skipped} unreadable line(s) of metrics.jsonl (e.g. one being written)")
     return lines
+
+
+def register(app: typer.Typer) -> None:
+    """Add `sagan report` to the app."""
+    app.command(epilog=EPILOG)(report)
