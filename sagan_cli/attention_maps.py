@@ -22,6 +22,7 @@ from .model import Discriminator, Generator, ModelConfig, SelfAttention
 from .plotting import QUERY_COLOURS
 from .sampling import generate, sample_labels, sample_latents
 
+
 @dataclass(frozen=True)
 class AttentionOptions:
     """Defaults of `sagan attention`, read by its CLI options and by attention_from_checkpoint."""

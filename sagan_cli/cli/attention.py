@@ -46,7 +46,12 @@ def attention(
     """Show where self-attention looks: per attention layer and query point, its weights over the image."""
     from ..atomic import write_atomically
     from ..attention_maps import (
-        FIGURE_SUFFIXES, attention_figure, attention_from_checkpoint, check_has_attention, default_queries, map_records,
+        FIGURE_SUFFIXES,
+        attention_figure,
+        attention_from_checkpoint,
+        check_has_attention,
+        default_queries,
+        map_records,
         parse_queries,
     )
     from ..checkpoint import read_checkpoint_info
