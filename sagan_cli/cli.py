@@ -71,7 +71,7 @@ app = typer.Typer(
     help="Train Self-Attention GANs, sample and interpolate from them, and score them with FID / IS / KID.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -142,6 +142,19 @@ def _resolve_new_config(given: dict[str, Any], model_given: dict[str, Any], cond
     if is_folder_dataset(dataset):  # stored absolute: a resume from another working directory finds it
         given["dataset"] = str(Path(dataset).expanduser().absolute())
     return TrainConfig(**{**given, "model": model}).validate()
+
+
+def _merge_config_file(
+    path: Path, given: dict[str, Any], model_given: dict[str, Any], conditional: bool | None
+) -> tuple[dict[str, Any], dict[str, Any], bool | None, int]:
+    """Flags over a --config file: (training keys, model keys, conditional, the file's num_classes or 0)."""
+    from .config_file import read_config_file
+
+    file_train, file_model = read_config_file(path)
+    file_classes = file_model.pop("num_classes", None)  # stands for --conditional: the dataset says how many
+    if conditional is None and file_classes is not None:
+        conditional = file_classes > 0
+    return {**file_train, **given}, {**file_model, **model_given}, conditional, file_classes or 0
 
 
 def _resolve_resume(
@@ -227,6 +240,11 @@ def train(
     sample_every: Optional[int] = typer.Option(None, "--sample-every", help=f"Preview grid every N steps {_default_d('sample_every')}"),
     log_every: Optional[int] = typer.Option(None, "--log-every", help=f"Log line every N steps {_default_d('log_every')}"),
     keep: Optional[int] = typer.Option(None, "--keep", help=f"Periodic checkpoints kept (final always kept) {_default_d('keep')}"),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Score the EMA generator with FID / IS every N steps, keep checkpoints/best.safetensors (default: 0 = never)"),
+    eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help=f"Images per evaluation {_default_d('eval_samples')}"),
+    tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard", help='Also log to TensorBoard in <run>/tensorboard (needs pip install "sagan-cli[tensorboard]")'),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="A TOML or JSON file with the keys of a run's config.json; flags override it"),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved configuration as JSON on stdout and exit"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run: its directory or one of its checkpoints"),
     force: bool = typer.Option(False, "--force", help="Replace an existing run directory of the same name; with --resume CKPT, drop the run's later checkpoints"),
 ) -> None:
@@ -236,6 +254,8 @@ def train(
     from .rundir import RunDir, unique_run_path
     from .runtime import is_main_process, resolve_device
     from .train import StopFlag, check_training_data, train as run_training
+
+    from .train_hooks import check_hooks
 
     local = locals()
     train_keys = {f.name for f in fields(TrainConfig)} - {"model"}
@@ -255,6 +275,8 @@ def train(
         }.items()
         if value is not None
     }
+    if config_file is not None:  # the file's values stand in for flags; flags given here win
+        given, model_given, conditional, file_classes = _merge_config_file(config_file, given, model_given, conditional)
     # Every check runs before anything on disk changes: a refused run leaves the old one (even with
     # --force) and creates no directory.
     writer = is_main_process()
@@ -267,10 +289,21 @@ def train(
     else:
         out = Path("runs") if out is None else out
         config, checkpoint = _resolve_new_config(given, model_given, bool(conditional)), None
+        if config_file is not None and file_classes and file_classes != config.model.num_classes:
+            raise UsageError(
+                f"--config {config_file}: model.num_classes is {file_classes}, but {config.dataset} has "
+                f"{config.model.num_classes} classes; fix the file"
+            )
         base = name or f"{Path(config.dataset).name or 'data'}-{'attn' if config.model.attention else 'noattn'}"
         run_path = out / base if name else unique_run_path(out, base)
-        if writer:
+        if writer and not print_config:
             RunDir.check_new(run_path, force)
+    if eval_samples is not None and config.eval_every == 0:
+        raise UsageError(f"--eval-samples {eval_samples} is only used with --eval-every N; add --eval-every or drop --eval-samples")
+    if print_config:
+        print(config.to_json())
+        return
+    check_hooks(config)
     torch_device = resolve_device(config.device)
     reporter = make_reporter()
     data = load_dataset(

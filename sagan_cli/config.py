@@ -12,8 +12,12 @@ from .model import ModelConfig
 
 # Keys of a run that may change on --resume without changing what is being trained. Where the data
 # comes from may change too: the resumed data must match the checkpoint's (train.check_training_data).
+# Evaluation during training and TensorBoard logging only watch the run, so they may change too.
 RESUMABLE_OVERRIDES = frozenset(
-    {"max_steps", "save_every", "sample_every", "log_every", "keep", "device", "data_dir", "download"}
+    {
+        "max_steps", "save_every", "sample_every", "log_every", "keep", "device", "data_dir", "download",
+        "eval_every", "eval_samples", "tensorboard",
+    }
 )
 # Keys that configs written by earlier versions may hold; they are dropped on reading so old runs and
 # checkpoints keep loading (num_workers: batches are drawn by index from preloaded tensors, so there
@@ -53,6 +57,9 @@ class TrainConfig:
     sample_every: int = 250
     log_every: int = 50
     keep: int = 3
+    eval_every: int = 0  # score the EMA generator with FID / IS every N steps; 0 = never (docs/evaluate.md)
+    eval_samples: int = 2000  # generated images per evaluation (the reference takes as many, or all it has)
+    tensorboard: bool = False  # also write TensorBoard event files into the run directory
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,6 +111,10 @@ class TrainConfig:
                 raise UsageError(f"--{name} must be in [0, 1), got {value}")
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if not 0 <= self.eval_every <= MAX_CONFIG_INT:
+            raise UsageError(f"--eval-every must be 0 (never) or a number of steps, got {self.eval_every}")
+        if not 2 <= self.eval_samples <= MAX_CONFIG_INT:  # FID needs a covariance: at least 2 images
+            raise UsageError(f"--eval-samples must be at least 2, got {self.eval_samples}")
         check_seed(self.seed)
         return self
 
