@@ -254,7 +254,6 @@ def train(
     from .rundir import RunDir, unique_run_path
     from .runtime import is_main_process, resolve_device
     from .train import StopFlag, check_training_data, train as run_training
-
     from .train_hooks import check_hooks
 
     local = locals()
