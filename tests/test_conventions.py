@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
+from sagan_cli.cli import app
 from sagan_cli.config import TrainConfig
 from sagan_cli.errors import EXIT_USAGE
 
@@ -100,8 +101,6 @@ def test_a_missing_config_file_is_one_line(tmp_path: Path) -> None:
 
 def test_config_with_resume_counts_as_flags(tiny_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    import shutil
-
     shutil.copytree(tiny_run, run)
     # The run's own config.json with a larger max_steps: every other key agrees with the run.
     config = json.loads((run / "config.json").read_text())
@@ -126,12 +125,16 @@ def test_show_completion_prints_a_script_for_the_sagan_command() -> None:
     assert "_SAGAN_COMPLETE=complete_bash" in result.stdout and "complete " in result.stdout
 
 
-def test_completion_completes_train_flags() -> None:
-    env = {**os.environ, "_SAGAN_COMPLETE": "complete_bash", "COMP_WORDS": "sagan train --eval", "COMP_CWORD": "2"}
-    code = "import sys; sys.argv[0] = 'sagan'; from sagan_cli.cli import main; main()"
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["--eval-every", "--eval-samples"]
+def test_completion_completes_commands_and_train_flags() -> None:
+    # What the installed script does: the shell sets these variables and runs `sagan`.
+    def complete(words: str) -> list[str]:
+        env = {"_SAGAN_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - 1)}
+        result = CliRunner().invoke(app, [], env=env)
+        assert result.exit_code == 0, result.stderr
+        return result.stdout.split()
+
+    assert complete("sagan tr") == ["train"]
+    assert complete("sagan train --eval") == ["--eval-every", "--eval-samples"]
 
 
 # --- --tensorboard ---------------------------------------------------------------------------
