@@ -329,13 +329,14 @@ def clamp_round_off(value: float) -> float:
 
 def _raised_by_torch_fidelity(exc: BaseException) -> bool:
     """True when torch-fidelity (its vasserts, or the numpy/scipy maths it runs) raised, not code of ours it called back."""
-    import scipy
+    import importlib.util
 
-    def folder(module: object) -> str:
-        return os.path.realpath(os.path.dirname(module.__file__)) + os.sep  # type: ignore[attr-defined]
+    def folder(name: str) -> str | None:
+        spec = importlib.util.find_spec(name)  # scipy is not a dependency of torch-fidelity: it may be absent
+        return os.path.realpath(os.path.dirname(spec.origin)) + os.sep if spec and spec.origin else None
 
     ours = os.path.dirname(os.path.realpath(__file__)) + os.sep  # sagan_cli/
-    theirs = tuple(folder(module) for module in (torch_fidelity, np, scipy))
+    theirs = tuple(f for f in map(folder, ("torch_fidelity", "numpy", "scipy")) if f is not None)
     files = []
     traceback = exc.__traceback__.tb_next if exc.__traceback__ is not None else None  # skip compute_metrics itself
     while traceback is not None:
