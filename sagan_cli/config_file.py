@@ -79,3 +79,28 @@ def _refuse_unknown(path: Path, data: dict[str, Any], known: set[str], prefix: s
             f"--config {path}: unknown key {prefix + unknown[0]!r}; the keys are those of a run's config.json "
             "(see `sagan train --print-config`)"
         )
+
+
+def merge_config_file(
+    path: Path, given: dict[str, Any], model_given: dict[str, Any], conditional: bool | None
+) -> tuple[dict[str, Any], dict[str, Any], bool | None]:
+    """Flags over a config file: (training keys, model keys, conditional) as if the file's keys were flags too.
+
+    The file's `model.num_classes` stands for --conditional (the dataset says how many classes);
+    `check_num_classes` compares it with the resolved config.
+    """
+    file_train, file_model = read_config_file(path)
+    file_classes = file_model.pop("num_classes", None)
+    if conditional is None and file_classes is not None:
+        conditional = file_classes > 0
+    return {**file_train, **given}, {**file_model, **model_given}, conditional
+
+
+def check_num_classes(path: Path, config: TrainConfig) -> None:
+    """UsageError when the file names a class count other than the one of the dataset the run trains on."""
+    file_classes = read_config_file(path)[1].get("num_classes", 0)
+    if file_classes and file_classes != config.model.num_classes:
+        raise UsageError(
+            f"--config {path}: model.num_classes is {file_classes}, but {config.dataset} has "
+            f"{config.model.num_classes} classes; fix the file"
+        )

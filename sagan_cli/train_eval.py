@@ -22,10 +22,12 @@ import torch
 
 from .checkpoint import read_checkpoint_info
 from .config import TrainConfig
-from .data import ImageData, Log
+from .data import ImageData
 from .errors import CheckpointError, UsageError
-from .evaluation import DEFAULT_BATCH_SIZE, EvalOptions, Reference, reference_from_data, score_generator
+from .eval_options import EvalOptions
+from .evaluation import Reference, reference_from_data, score_generator
 from .extractors import Extractor, digits_caveat, resolve_extractor
+from .logs import Log
 from .metrics import KEY_FID, KEY_ISC_MEAN, KEY_ISC_STD, cache_dir
 from .model import Generator, ModelConfig
 from .sampling import check_sample_count
@@ -80,7 +82,7 @@ class TrainingEvaluator:
             metrics=EVAL_METRICS,
             num_samples=config.eval_samples,
             seed=EVAL_SEED,
-            batch_size=min(DEFAULT_BATCH_SIZE, config.eval_samples),
+            batch_size=min(EvalOptions.batch_size, config.eval_samples),
         )
         self.best_fid: float | None = None
 

@@ -13,8 +13,9 @@ from typing import Any, Callable
 import torch
 
 from .config import TrainConfig
-from .data import ImageData, Log
+from .data import ImageData
 from .errors import SaganError
+from .logs import Log
 from .model import Generator
 from .rundir import BEST_NAME, RunDir
 
@@ -33,6 +34,10 @@ class TrainingHooks:
         self.tensorboard: Any = None  # tb.TensorBoardLog
         self.stack = contextlib.ExitStack()
 
+    def due(self, step: int) -> bool:
+        """True when this step will be scored (the loop checks the weights are finite first)."""
+        return self.evaluator is not None and self.evaluator.due(step, self.max_steps)
+
     def after_step(self, step: int, generator: Generator, logged: dict[str, Any] | None, grid: torch.Tensor | None) -> None:
         """Called once per step with the record just logged (or None) and the preview grid just made (or None)."""
         if self.tensorboard is not None:
@@ -40,7 +45,7 @@ class TrainingHooks:
                 self.tensorboard.scalars(step, logged)
             if grid is not None:
                 self.tensorboard.image(step, grid)
-        if self.evaluator is not None and self.evaluator.due(step, self.max_steps):
+        if self.due(step):
             self._evaluate(step, generator)
 
     def _evaluate(self, step: int, generator: Generator) -> None:
