@@ -171,3 +171,9 @@ def test_tensorboard_missing_is_one_line_with_the_install_command_before_any_wor
     assert result.stderr.count("\n") == 1
     assert 'pip install "sagan-cli[tensorboard]"' in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_train_help_names_the_tensorboard_extra() -> None:
+    # Rich markup would eat an unescaped "[tensorboard]" and leave `pip install "sagan-cli"`.
+    result = run_cli("train", "--help")
+    assert result.exit_code == 0 and "sagan-cli[tensorboard]" in result.stdout.replace("│", "").replace(" ", "")

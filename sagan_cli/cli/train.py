@@ -98,7 +98,7 @@ def train(
     ),
     eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help=f"Images per evaluation {_default('eval_samples')}"),
     tensorboard: Optional[bool] = typer.Option(
-        None, "--tensorboard/--no-tensorboard", help='Also log to TensorBoard in <run>/tensorboard (needs pip install "sagan-cli[tensorboard]")'
+        None, "--tensorboard/--no-tensorboard", help='Also log to TensorBoard in <run>/tensorboard (needs pip install "sagan-cli\\[tensorboard]")'
     ),
     config_file: Optional[Path] = typer.Option(
         None, "--config", help="A TOML or JSON file with the keys of a run's config.json; flags given here override it"
