@@ -72,7 +72,7 @@ class TrainConfig:
         return json.dumps(self.to_dict(), sort_keys=True, indent=2)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a dict; unknown keys are an error (retired ones are dropped)."""
         if not isinstance(data, dict):
             raise ValueError("a training config must be a JSON object")
@@ -90,7 +90,7 @@ class TrainConfig:
             values["model"] = ModelConfig.from_json(json.dumps(values["model"]))
         return cls(**values)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check numbers a user typed; raise UsageError naming the value and the fix."""
         positive = ("max_steps", "batch_size", "d_steps", "save_every", "sample_every", "log_every", "keep")
         for name in positive:
@@ -114,7 +114,7 @@ class TrainConfig:
         get_loss(self.loss)
         return self
 
-    def with_overrides(self, **changes: Any) -> "TrainConfig":
+    def with_overrides(self, **changes: Any) -> TrainConfig:
         """A copy with some fields replaced."""
         return replace(self, **changes)
 
