@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from ..config import TrainConfig
+from ..data import DATASETS
 from ..errors import UsageError
 from ..model import SUPPORTED_IMAGE_SIZES, ModelConfig, default_attention_resolutions, default_d_width
 from ..rundir import RUNS_ROOT
@@ -53,7 +54,7 @@ def train(
         None,
         "--dataset",
         "-d",
-        help=f"mnist, fashion-mnist, cifar10, celeba, or a folder of images {_default('dataset')}",
+        help=f"{', '.join(DATASETS)}, or a folder of images {_default('dataset')}",
     ),
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Where the dataset files are (or are downloaded to) (default: ~/.cache/sagan/datasets)"
