@@ -16,8 +16,17 @@ from .model import ModelConfig
 # Evaluation during training and TensorBoard logging only watch the run, so they may change too.
 RESUMABLE_OVERRIDES = frozenset(
     {
-        "max_steps", "save_every", "sample_every", "log_every", "keep", "device", "data_dir", "download",
-        "eval_every", "eval_samples", "tensorboard",
+        "max_steps",
+        "save_every",
+        "sample_every",
+        "log_every",
+        "keep",
+        "device",
+        "data_dir",
+        "download",
+        "eval_every",
+        "eval_samples",
+        "tensorboard",
     }
 )
 # Keys that configs written by earlier versions may hold; they are dropped on reading so old runs and
@@ -82,7 +91,7 @@ class TrainConfig:
         return json.dumps(self.to_dict(every_key), sort_keys=True, indent=2)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a dict; unknown keys are an error (retired ones are dropped)."""
         if not isinstance(data, dict):
             raise ValueError("a training config must be a JSON object")
@@ -100,7 +109,7 @@ class TrainConfig:
             values["model"] = ModelConfig.from_json(json.dumps(values["model"]))
         return cls(**values)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check numbers a user typed; raise UsageError naming the value and the fix."""
         positive = ("max_steps", "batch_size", "d_steps", "save_every", "sample_every", "log_every", "keep")
         for name in positive:
@@ -128,7 +137,7 @@ class TrainConfig:
         get_loss(self.loss)
         return self
 
-    def with_overrides(self, **changes: Any) -> "TrainConfig":
+    def with_overrides(self, **changes: Any) -> TrainConfig:
         """A copy with some fields replaced."""
         return replace(self, **changes)
 

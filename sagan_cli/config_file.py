@@ -36,7 +36,9 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     _refuse_unknown(path, data, train_keys, "")
     model = data.pop("model", {})
     if not isinstance(model, dict):
-        raise UsageError(f"--config {path}: key 'model' must be a table (TOML [model]) or an object (JSON), got {str(model)[:40]!r}")
+        raise UsageError(
+            f"--config {path}: key 'model' must be a table (TOML [model]) or an object (JSON), got {str(model)[:40]!r}"
+        )
     _refuse_unknown(path, model, {f.name for f in fields(ModelConfig)}, "model.")
     for cls, values, where in ((TrainConfig, data, ""), (ModelConfig, model, " (in model)")):
         try:

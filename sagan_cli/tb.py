@@ -15,7 +15,9 @@ import torch
 from .errors import UsageError
 
 TENSORBOARD_FOLDER = "tensorboard"
-MISSING_MESSAGE = '--tensorboard needs the tensorboard package: pip install "sagan-cli[tensorboard]" (or drop --tensorboard)'
+MISSING_MESSAGE = (
+    '--tensorboard needs the tensorboard package: pip install "sagan-cli[tensorboard]" (or drop --tensorboard)'
+)
 # metrics.jsonl key -> TensorBoard tag; gamma_* keys become gamma/<layer>.
 SCALAR_TAGS = {
     "loss_d": "loss/d",
@@ -42,7 +44,7 @@ def scalar_tags(record: dict[str, Any]) -> dict[str, float]:
     """TensorBoard tags and values of one metrics.jsonl record (non-numeric and null values skipped)."""
     tags = {}
     for key, value in record.items():
-        tag = SCALAR_TAGS.get(key) or (f"gamma/{key[len('gamma_'):]}" if key.startswith("gamma_") else None)
+        tag = SCALAR_TAGS.get(key) or (f"gamma/{key[len('gamma_') :]}" if key.startswith("gamma_") else None)
         if tag is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
             tags[tag] = float(value)
     return tags

@@ -107,7 +107,9 @@ class TrainingEvaluator:
         began = time.perf_counter()
         try:
             with torch.random.fork_rng(devices=[]):
-                results, _ = score_generator(generator, self.model, self.reference, self.extractor, self.options, self.cache_folder, log)
+                results, _ = score_generator(
+                    generator, self.model, self.reference, self.extractor, self.options, self.cache_folder, log
+                )
         finally:
             generator.train(was_training)  # GeneratorInput switches it to eval mode and leaves it there
         return EvalRecord(
@@ -142,12 +144,16 @@ class TrainingEvaluator:
             log(f"note: {best} is unreadable or has no FID; the next evaluation replaces it")
             return
         if any(metadata.get(key) != value for key, value in self.identity.items()):
-            log(f"note: {best} was scored differently (extractor, samples or reference); the next evaluation replaces it")
+            log(
+                f"note: {best} was scored differently (extractor, samples or reference); the next evaluation replaces it"
+            )
             return
         self.best_fid = fid if math.isfinite(fid) else None
 
 
-def setup_evaluator(config: TrainConfig, data: ImageData, stack: contextlib.ExitStack, log: Log) -> TrainingEvaluator | None:
+def setup_evaluator(
+    config: TrainConfig, data: ImageData, stack: contextlib.ExitStack, log: Log
+) -> TrainingEvaluator | None:
     """The evaluator for a run with eval_every > 0, or None (with one line why) when no extractor fits.
 
     Raises UsageError for an --eval-samples that cannot fit in memory: the run has not started yet.
@@ -175,5 +181,7 @@ def _cache_folder(stack: contextlib.ExitStack, log: Log) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
     except OSError as exc:
-        log(f"note: cannot create the metrics cache {folder} ({exc.strerror}); reference statistics are kept for this run only")
+        log(
+            f"note: cannot create the metrics cache {folder} ({exc.strerror}); reference statistics are kept for this run only"
+        )
         return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sagan-fidelity-")))

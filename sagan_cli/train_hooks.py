@@ -7,8 +7,9 @@ here is kept out of train_seconds and images/s by the caller.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -30,7 +31,9 @@ class TrainingHooks:
         self.max_steps = max_steps
         self.log = log
         self.save_best = save_best
-        self.evaluator: Any = None  # train_eval.TrainingEvaluator (imported only when evaluating: torch-fidelity is slow to import)
+        self.evaluator: Any = (
+            None  # train_eval.TrainingEvaluator (imported only when evaluating: torch-fidelity is slow to import)
+        )
         self.tensorboard: Any = None  # tb.TensorBoardLog
         self.stack = contextlib.ExitStack()
 
@@ -38,7 +41,9 @@ class TrainingHooks:
         """True when this step will be scored (the loop checks the weights are finite first)."""
         return self.evaluator is not None and self.evaluator.due(step, self.max_steps)
 
-    def after_step(self, step: int, generator: Generator, logged: dict[str, Any] | None, grid: torch.Tensor | None) -> None:
+    def after_step(
+        self, step: int, generator: Generator, logged: dict[str, Any] | None, grid: torch.Tensor | None
+    ) -> None:
         """Called once per step with the record just logged (or None) and the preview grid just made (or None)."""
         if self.tensorboard is not None:
             if logged is not None:
@@ -86,7 +91,9 @@ def check_hooks(config: TrainConfig) -> None:
         check_sample_count(config.eval_samples, config.model)
 
 
-def build_hooks(config: TrainConfig, data: ImageData, run: RunDir, first_step: int, log: Log, save_best: SaveBest) -> TrainingHooks:
+def build_hooks(
+    config: TrainConfig, data: ImageData, run: RunDir, first_step: int, log: Log, save_best: SaveBest
+) -> TrainingHooks:
     """Hooks for this run; on a resumed one, an existing best.safetensors sets the FID to beat.
 
     Only the writing process (rank 0) evaluates and logs. Raises UsageError (before the first step)

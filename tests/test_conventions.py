@@ -9,15 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TRAIN_FLAGS, run_cli
+from eval_support import isolate_caches
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from sagan_cli.cli import app
 from sagan_cli.config import TrainConfig
 from sagan_cli.errors import EXIT_USAGE
-
-from conftest import TINY_TRAIN_FLAGS, run_cli
-from eval_support import isolate_caches
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_TOML = """\
@@ -61,7 +60,12 @@ def test_print_config_resolves_a_toml_file_under_the_flags_and_creates_nothing(t
     printed = json.loads(result.stdout)
     config = TrainConfig.from_dict(printed)  # the format of config.json: it reads back
     assert config.max_steps == 7  # the flag wins over the file
-    assert (config.lr_d, config.batch_size, config.model.g_width, config.model.z_dim) == (3e-4, 8, 8, 16)  # from the file
+    assert (config.lr_d, config.batch_size, config.model.g_width, config.model.z_dim) == (
+        3e-4,
+        8,
+        8,
+        16,
+    )  # from the file
     assert config.lr_g == TrainConfig().lr_g  # neither: the default
     assert not (tmp_path / "runs").exists()
 
@@ -144,25 +148,50 @@ def test_tensorboard_writes_the_scalars_and_preview_grids(monkeypatch: pytest.Mo
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     isolate_caches(monkeypatch, tmp_path)
-    flags = [*TINY_TRAIN_FLAGS, "--tensorboard", "--eval-every", "2", "--eval-samples", "40", "--out", tmp_path, "--name", "tb"]
+    flags = [
+        *TINY_TRAIN_FLAGS,
+        "--tensorboard",
+        "--eval-every",
+        "2",
+        "--eval-samples",
+        "40",
+        "--out",
+        tmp_path,
+        "--name",
+        "tb",
+    ]
     result = run_cli("train", *flags)
     assert result.exit_code == 0, result.stderr
     events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     tags = events.Tags()
     expected = {
-        "loss/d", "loss/g", "d_score/real", "d_score/fake", "gamma/g14", "gamma/d14",
-        "speed/images_per_second", "eval/fid", "eval/isc", "eval/seconds",
+        "loss/d",
+        "loss/g",
+        "d_score/real",
+        "d_score/fake",
+        "gamma/g14",
+        "gamma/d14",
+        "speed/images_per_second",
+        "eval/fid",
+        "eval/isc",
+        "eval/seconds",
     }
     assert expected <= set(tags["scalars"])
     assert [event.step for event in events.Scalars("loss/d")] == [2, 4]
-    fids = [json.loads(line)["fid"] for line in (tmp_path / "tb" / "metrics.jsonl").read_text().splitlines() if "fid" in line]
+    fids = [
+        json.loads(line)["fid"]
+        for line in (tmp_path / "tb" / "metrics.jsonl").read_text().splitlines()
+        if "fid" in line
+    ]
     assert [round(event.value, 3) for event in events.Scalars("eval/fid")] == [round(f, 3) for f in fids]
     assert tags["images"] == ["samples"]
     assert [event.step for event in events.Images("samples")] == [2, 4]
 
 
-def test_tensorboard_missing_is_one_line_with_the_install_command_before_any_work(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_tensorboard_missing_is_one_line_with_the_install_command_before_any_work(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     # What an environment without the package looks like to `import`: None in sys.modules raises ImportError.
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     monkeypatch.setitem(sys.modules, "tensorboard", None)

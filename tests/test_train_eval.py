@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TRAIN_FLAGS, run_cli
+from eval_support import isolate_caches
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sagan_cli.checkpoint import read_checkpoint_info
 from sagan_cli.errors import EXIT_USAGE
-
-from conftest import TINY_TRAIN_FLAGS, run_cli
-from eval_support import isolate_caches
 
 EVAL = ["--eval-every", "2", "--eval-samples", "60"]
 
@@ -41,7 +40,9 @@ def same_tensors(first: Path, second: Path) -> list[str]:
 
 
 def test_eval_logs_fid_and_is_and_keeps_the_best_checkpoint_evaluate_agrees_with(tmp_path: Path) -> None:
-    result = run_cli("train", *TINY_TRAIN_FLAGS, *EVAL, "--max-steps", "5", "--keep", "1", "--out", tmp_path, "--name", "a")
+    result = run_cli(
+        "train", *TINY_TRAIN_FLAGS, *EVAL, "--max-steps", "5", "--keep", "1", "--out", tmp_path, "--name", "a"
+    )
     assert result.exit_code == 0, result.stderr
     run = tmp_path / "a"
     evals = eval_records(run)
@@ -56,8 +57,16 @@ def test_eval_logs_fid_and_is_and_keeps_the_best_checkpoint_evaluate_agrees_with
     info = read_checkpoint_info(best_path)
     assert info.step == best["step"] and info.has_training_state  # a full checkpoint: --resume takes it
     assert round(float(info.metadata["best_fid"]), 5) == best["fid"]
-    assert (info.metadata["eval_extractor"], info.metadata["eval_samples"], info.metadata["eval_seed"]) == ("digits", "60", "0")
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.safetensors", "final.safetensors", "step_000004.safetensors"]
+    assert (info.metadata["eval_extractor"], info.metadata["eval_samples"], info.metadata["eval_seed"]) == (
+        "digits",
+        "60",
+        "0",
+    )
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "best.safetensors",
+        "final.safetensors",
+        "step_000004.safetensors",
+    ]
 
     # The number logged is the number `sagan evaluate` gives for that checkpoint with the recorded settings.
     scored = run_cli("evaluate", best_path, "-n", "60", "--seed", "0", "--fid", "--isc", "--json")
@@ -79,8 +88,14 @@ def test_evaluation_does_not_change_the_training(ema: str, tmp_path: Path) -> No
     assert len(eval_records(tmp_path / "watched")) == 4
     final = Path("checkpoints") / "final.safetensors"
     assert same_tensors(tmp_path / "plain" / final, tmp_path / "watched" / final) == []
-    losses = [{k: v for k, v in r.items() if k.startswith(("loss", "d_", "gamma"))} for r in records(tmp_path / "plain")]
-    assert losses == [{k: v for k, v in r.items() if k.startswith(("loss", "d_", "gamma"))} for r in records(tmp_path / "watched") if "fid" not in r]
+    losses = [
+        {k: v for k, v in r.items() if k.startswith(("loss", "d_", "gamma"))} for r in records(tmp_path / "plain")
+    ]
+    assert losses == [
+        {k: v for k, v in r.items() if k.startswith(("loss", "d_", "gamma"))}
+        for r in records(tmp_path / "watched")
+        if "fid" not in r
+    ]
 
 
 def test_resume_drops_a_best_checkpoint_of_abandoned_steps(tmp_path: Path) -> None:
