@@ -1,6 +1,6 @@
 """Draw the performance plots from benchmarks/results/*.json with matplotlib (off-screen, Agg).
 
-    python benchmarks/plot.py            # writes docs/img/perf_train.png, perf_attention.png, perf_sampling.png
+python benchmarks/plot.py            # writes docs/img/perf_train.png, perf_attention.png, perf_sampling.png
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ COLORS = {"naive": "#d62728", "math": "#ff7f0e", "flash": "#2ca02c", "ours": "#1
 REFERENCE, OURS = "#d62728", "#1f77b4"
 
 
-def bar_chart(title: str, items: list[tuple[str, float, str]], unit: str, path: Path, target: float | None = None) -> None:
+def bar_chart(
+    title: str, items: list[tuple[str, float, str]], unit: str, path: Path, target: float | None = None
+) -> None:
     """Horizontal bars, one per (label, value, colour), with an optional dashed target line."""
     figure = new_figure(8.5, 0.9 + 0.32 * len(items))
     axis = figure.subplots()
@@ -39,16 +41,26 @@ def bar_chart(title: str, items: list[tuple[str, float, str]], unit: str, path: 
 
 def plot_train(results: Path) -> None:
     data = json.loads((results / "train.json").read_text())
-    items = [(r["config"], r["images_per_s"], REFERENCE if r.get("variant") == "reference" else OURS)
-             for r in data["rows"] if "images_per_s" in r]
-    bar_chart(f"Training images/s, 64x64 RGB, batch 64, attention at 32x32 (load avg {data['machine']['load_average'][0]})",
-              items, "img/s", OUT / "perf_train.png", target=80)
+    items = [
+        (r["config"], r["images_per_s"], REFERENCE if r.get("variant") == "reference" else OURS)
+        for r in data["rows"]
+        if "images_per_s" in r
+    ]
+    bar_chart(
+        f"Training images/s, 64x64 RGB, batch 64, attention at 32x32 (load avg {data['machine']['load_average'][0]})",
+        items,
+        "img/s",
+        OUT / "perf_train.png",
+        target=80,
+    )
 
 
 def plot_sampling(results: Path) -> None:
     data = json.loads((results / "sampling.json").read_text())
     items = [(r["config"], r["images_per_s"], OURS) for r in data["rows"] if "images_per_s" in r]
-    bar_chart("Sampling images/s (generate, inference_mode, batch 64)", items, "img/s", OUT / "perf_sampling.png", target=400)
+    bar_chart(
+        "Sampling images/s (generate, inference_mode, batch 64)", items, "img/s", OUT / "perf_sampling.png", target=400
+    )
 
 
 def plot_attention(results: Path) -> None:
@@ -56,13 +68,16 @@ def plot_attention(results: Path) -> None:
     data = json.loads((results / "attention.json").read_text())
     rows = [r for r in data["rows"] if "seconds" in r]
     figure = new_figure(10, 4.2)
-    for axis, (key, title, unit) in zip(figure.subplots(1, 2), (("seconds", "attention fwd+bwd time", "s"),
-                                                               ("peak_mb", "attention peak memory (RSS delta)", "MB"))):
+    for axis, (key, title, unit) in zip(
+        figure.subplots(1, 2),
+        (("seconds", "attention fwd+bwd time", "s"), ("peak_mb", "attention peak memory (RSS delta)", "MB")),
+        strict=True,
+    ):
         series: dict[str, list[tuple[float, float]]] = {}
         for r in rows:
             series.setdefault(r["impl"], []).append((r["size"], max(r[key], 1e-3)))
         for name, points in series.items():
-            sizes, values = zip(*sorted(points))
+            sizes, values = zip(*sorted(points), strict=True)
             axis.loglog(sizes, values, marker="o", label=name, color=COLORS.get(name, "grey"))
         sides = sorted({r["size"] for r in rows})
         axis.set_xticks(sides, labels=[str(side) for side in sides])

@@ -8,9 +8,10 @@ generated image comes from exactly the latent and label `sagan sample CKPT -n 1 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -134,7 +135,7 @@ def parse_queries(raw: list[str], image_size: int) -> list[Query]:
         if len(parts) % 2 or not all(part.lstrip("-").isdigit() for part in parts):
             raise UsageError(f"--query {value!r} is not X,Y in image pixels; use e.g. --query 14,7")
         numbers = [int(part) for part in parts]
-        for x, y in zip(numbers[::2], numbers[1::2]):
+        for x, y in zip(numbers[::2], numbers[1::2], strict=True):
             if not (0 <= x < image_size and 0 <= y < image_size):
                 raise UsageError(
                     f"--query {x},{y} is outside the {image_size}x{image_size} image; X and Y must be in 0..{image_size - 1}"
@@ -163,7 +164,13 @@ def default_queries(image: torch.Tensor, count: int = DEFAULT_QUERY_COUNT) -> li
     ys, xs = torch.nonzero(foreground, as_tuple=True)
     if len(xs) < count:
         quarter, half = size // 4, size // 2
-        spots = [(half, half), (quarter, quarter), (size - 1 - quarter, quarter), (quarter, size - 1 - quarter), (size - 1 - quarter, size - 1 - quarter)]
+        spots = [
+            (half, half),
+            (quarter, quarter),
+            (size - 1 - quarter, quarter),
+            (quarter, size - 1 - quarter),
+            (size - 1 - quarter, size - 1 - quarter),
+        ]
         return [Query(x, y) for x, y in spots[:count]]
     points = torch.stack([xs, ys], dim=1).float()  # (P, 2)
     first = int((points - points.mean(dim=0)).norm(dim=1).argmin())
@@ -182,7 +189,9 @@ def _background_query(foreground: torch.Tensor) -> Query:
     margin = size // 8
     grid_y, grid_x = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     ys, xs = torch.nonzero(foreground, as_tuple=True)
-    candidates = (~foreground) & (grid_x >= margin) & (grid_x < size - margin) & (grid_y >= margin) & (grid_y < size - margin)
+    candidates = (
+        (~foreground) & (grid_x >= margin) & (grid_x < size - margin) & (grid_y >= margin) & (grid_y < size - margin)
+    )
     if not bool(candidates.any()):
         return Query(margin, margin)
     cy, cx = torch.nonzero(candidates, as_tuple=True)
@@ -236,7 +245,9 @@ def attention_from_checkpoint(
 def check_has_attention(model: ModelConfig, source: str) -> None:
     """One clear error for a model trained without attention, before any weights are loaded."""
     if not model.active_attn_resolutions:
-        raise UsageError(f"{source} has no self-attention layers (trained without --attention); there are no attention maps to show")
+        raise UsageError(
+            f"{source} has no self-attention layers (trained without --attention); there are no attention maps to show"
+        )
 
 
 def map_records(result: AttentionResult, queries: list[Query]) -> list[dict[str, Any]]:
@@ -277,10 +288,12 @@ def attention_figure(result: AttentionResult, queries: list[Query], title: str, 
     relative = [[layer.query_map(q, size).numpy() * layer.resolution**2 for q in queries] for layer in result.layers]
     top = max(float(m.max()) for row in relative for m in row)
     heat = None
-    for row_axes, layer, maps in zip(axes, result.layers, relative):
+    for row_axes, layer, maps in zip(axes, result.layers, relative, strict=True):
         _show_image(row_axes[0], picture)
-        row_axes[0].set_ylabel(f"{result.network} {layer.resolution}x{layer.resolution}\ngamma {layer.gamma:+.3g}", fontsize=9)
-        for index, (axis, query, weights) in enumerate(zip(row_axes[1:], queries, maps)):
+        row_axes[0].set_ylabel(
+            f"{result.network} {layer.resolution}x{layer.resolution}\ngamma {layer.gamma:+.3g}", fontsize=9
+        )
+        for index, (axis, query, weights) in enumerate(zip(row_axes[1:], queries, maps, strict=True)):
             colour = QUERY_COLOURS[index]
             heat = axis.imshow(weights, cmap="inferno", vmin=0, vmax=top, extent=extent, interpolation="nearest")
             if 0 < outline.sum() < outline.size:
@@ -317,4 +330,12 @@ def _show_image(axis: Any, picture: Any) -> None:
 
 
 def _mark(axis: Any, query: Query, colour: str) -> None:
-    axis.plot([query.x], [query.y], marker="o", markersize=7, markerfacecolor=colour, markeredgecolor="white", markeredgewidth=1.2)
+    axis.plot(
+        [query.x],
+        [query.y],
+        marker="o",
+        markersize=7,
+        markerfacecolor=colour,
+        markeredgecolor="white",
+        markeredgewidth=1.2,
+    )

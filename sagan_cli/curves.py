@@ -32,7 +32,12 @@ class Metrics:
         steps, values = [], []
         for record in self.records:
             value = record.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and "step" in record:
+            if (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and "step" in record
+            ):
                 steps.append(record["step"])
                 values.append(float(value))
         return steps, values
@@ -83,7 +88,13 @@ class Summary:
     best: dict[str, dict[str, float]] = field(default_factory=dict)  # quality key -> {"value", "step"}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "train_seconds": self.train_seconds, "records": self.records, "final": self.final, "best": self.best}
+        return {
+            "steps": self.steps,
+            "train_seconds": self.train_seconds,
+            "records": self.records,
+            "final": self.final,
+            "best": self.best,
+        }
 
 
 def summarize(metrics: Metrics) -> Summary:
@@ -109,6 +120,8 @@ def summarize(metrics: Metrics) -> Summary:
 
 def curves_figure(metrics: Metrics, title: str, metadata: dict[str, str]) -> bytes:
     """curves.png as bytes: losses, D scores, gammas, images/s, and one panel per quality metric present."""
+    from matplotlib.ticker import MaxNLocator
+
     from .plotting import figure_png, new_figure
 
     panels: list[tuple[str, list[tuple[str, str]], str]] = [  # (title, [(key, label)], y label)
@@ -124,25 +137,38 @@ def curves_figure(metrics: Metrics, title: str, metadata: dict[str, str]) -> byt
     rows = math.ceil(len(panels) / columns)
     figure = new_figure(4.2 * columns, 2.9 * rows + 0.4)
     axes = figure.subplots(rows, columns, squeeze=False).flatten()
-    for axis, (panel_title, keys, y_label) in zip(axes, panels):
+    for axis, (panel_title, keys, y_label) in zip(axes, panels, strict=False):  # the grid may have a spare cell
         drawn = False
         for key, label in keys:
             steps, values = metrics.series(key)
             if steps:
-                axis.plot(steps, values, label=label, linewidth=1.4, marker="o" if len(steps) < 12 else None, markersize=3)
+                axis.plot(
+                    steps, values, label=label, linewidth=1.4, marker="o" if len(steps) < 12 else None, markersize=3
+                )
                 drawn = True
         axis.set_title(panel_title, fontsize=10)
         axis.set_xlabel("step", fontsize=8)
         axis.set_ylabel(y_label, fontsize=8)
         axis.tick_params(labelsize=8)
         axis.grid(alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+        axis.ticklabel_format(axis="y", useOffset=False)  # no '1e-5+1.0001' offset on flat curves
         if panel_title.startswith(("D scores", "Attention")):
             axis.axhline(0.0, color="black", linewidth=0.6, alpha=0.5)
         if drawn and len(keys) > 1:
             axis.legend(fontsize=8)
         if not drawn:
-            axis.text(0.5, 0.5, "not logged in this run", ha="center", va="center", transform=axis.transAxes, fontsize=9, alpha=0.6)
-    for axis in axes[len(panels):]:
+            axis.text(
+                0.5,
+                0.5,
+                "not logged in this run",
+                ha="center",
+                va="center",
+                transform=axis.transAxes,
+                fontsize=9,
+                alpha=0.6,
+            )
+    for axis in axes[len(panels) :]:
         axis.set_visible(False)
     figure.suptitle(title, fontsize=11)
     return figure_png(figure, metadata)

@@ -15,12 +15,20 @@ if TYPE_CHECKING:
 
 # Ten colours that stay apart from each other and from the heat maps (tab10 without its grey).
 QUERY_COLOURS = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-    "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#7f7f7f",
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#bcbd22",
+    "#17becf",
+    "#7f7f7f",
 )
 
 
-def new_figure(width: float, height: float) -> "Figure":
+def new_figure(width: float, height: float) -> Figure:
     """An off-screen figure of width x height inches, drawn by the Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -30,7 +38,7 @@ def new_figure(width: float, height: float) -> "Figure":
     return figure
 
 
-def figure_png(figure: "Figure", metadata: dict[str, str]) -> bytes:
+def figure_png(figure: Figure, metadata: dict[str, str]) -> bytes:
     """The figure as PNG bytes; each metadata key becomes a PNG text chunk (`Image.open(p).text`)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", metadata={"Software": "sagan", **metadata})

@@ -21,14 +21,14 @@ import torch
 from .checkpoint import load_module_state, load_optimizer_state, read_checkpoint_info, save_checkpoint
 from .config import TrainConfig
 from .data import ImageData, to_model_range
-from .errors import DivergenceError, Interrupted, UsageError
-from .errors import EXIT_SIGINT, EXIT_SIGTERM
-from .model import Discriminator, Generator, attention_gammas
-from .rundir import RunDir
-from .runtime import preferred_memory_format
+from .errors import EXIT_SIGINT, EXIT_SIGTERM, DivergenceError, Interrupted, UsageError
 from .images import make_grid
 from .losses import get_loss
+from .model import Discriminator, Generator, attention_gammas
+from .rundir import BEST_NAME, RunDir
+from .runtime import preferred_memory_format
 from .sampling import generate, sample_latents
+from .train_hooks import TrainingHooks, build_hooks
 
 STREAM_LATENTS = 0  # a step's latents, then its fake labels, come from this stream
 PREVIEW_SAMPLES = 64
@@ -89,8 +89,8 @@ def build_state(config: TrainConfig, device: torch.device) -> TrainState:
     """Fresh models and optimizers, initialised from the run's seed."""
     torch.manual_seed(config.seed)
     memory_format = preferred_memory_format(device)
-    generator = Generator(config.model).to(device, memory_format=memory_format)
-    discriminator = Discriminator(config.model).to(device, memory_format=memory_format)
+    generator = Generator(config.model).to(device).to(memory_format=memory_format)
+    discriminator = Discriminator(config.model).to(device).to(memory_format=memory_format)
     generator_ema = copy.deepcopy(generator).eval().requires_grad_(False) if config.ema else None
     optimizer_g = _adam(generator, config.lr_g, config, device)
     optimizer_d = _adam(discriminator, config.lr_d, config, device)
@@ -153,9 +153,10 @@ def restore_state(state: TrainState, checkpoint: Path) -> None:
 @torch.no_grad()
 def update_ema(ema: Generator, model: Generator, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model for parameters; buffers (BN stats, SN vectors) copied."""
-    ema_params, params = list(ema.parameters()), list(model.parameters())
+    ema_params: list[torch.Tensor] = list(ema.parameters())
+    params: list[torch.Tensor] = list(model.parameters())
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
         ema_buffer.copy_(buffer)
 
 
@@ -166,21 +167,25 @@ def ema_decay_at(step: int, config: TrainConfig) -> float:
     return min(config.ema_decay, (1.0 + step) / (10.0 + step))
 
 
-def train_step(state: TrainState, data: ImageData, config: TrainConfig, device: torch.device) -> dict[str, torch.Tensor]:
+def train_step(
+    state: TrainState, data: ImageData, config: TrainConfig, device: torch.device
+) -> dict[str, torch.Tensor]:
     """One iteration: d_steps discriminator updates, then one generator update, with the run's loss."""
     G, D = state.generator, state.discriminator
     model = config.model
     loss = get_loss(config.loss)
     memory_format = preferred_memory_format(device)
-    conditional = model.num_classes > 0
+    all_labels = data.labels if model.num_classes > 0 else None  # (N,); check_training_data ensured them
     for d_step in range(config.d_steps):
         indices = batch_indices(state.step * config.d_steps + d_step, len(data), config.batch_size, config.seed)
         real = to_model_range(data.images[indices]).to(device, memory_format=memory_format)  # (B, C, S, S)
-        real_labels = data.labels[indices].to(device) if conditional else None
+        real_labels = None if all_labels is None else all_labels[indices].to(device)
         rng = step_generator(config.seed, state.step * config.d_steps + d_step, STREAM_LATENTS)
         z = torch.randn(config.batch_size, model.z_dim, generator=rng).to(device)
         fake_labels = (
-            torch.randint(model.num_classes, (config.batch_size,), generator=rng).to(device) if conditional else None
+            None
+            if all_labels is None
+            else torch.randint(model.num_classes, (config.batch_size,), generator=rng).to(device)
         )
         # The last D step's fakes are kept with their graph and reused for the G step: G's weights
         # have not changed since, so this saves a forward. It is not bit-exact with a fresh forward:
@@ -189,7 +194,7 @@ def train_step(state: TrainState, data: ImageData, config: TrainConfig, device: 
         keep_graph = d_step == config.d_steps - 1
         with torch.set_grad_enabled(keep_graph):
             fake = G(z, fake_labels)  # (B, C, S, S)
-        labels = torch.cat([real_labels, fake_labels]) if conditional else None
+        labels = None if real_labels is None or fake_labels is None else torch.cat([real_labels, fake_labels])
         scores = D(torch.cat([real, fake.detach()]), labels)  # (2B,): one D pass for real and fake
         d_real, d_fake = scores[: config.batch_size], scores[config.batch_size :]
         loss_d = loss.discriminator(d_real, d_fake)
@@ -263,15 +268,20 @@ def preview_grid(state: TrainState, config: TrainConfig) -> torch.Tensor:
     was_training = generator.training
     generator.eval()
     latents = sample_latents(PREVIEW_SAMPLES, config.model.z_dim, config.seed)
-    labels = (
-        torch.arange(PREVIEW_SAMPLES) % config.model.num_classes if config.model.num_classes else None
-    )
+    labels = torch.arange(PREVIEW_SAMPLES) % config.model.num_classes if config.model.num_classes else None
     images = generate(generator, latents, labels)
     generator.train(was_training)
     return make_grid(images, nrow=8)
 
 
-def save_training_checkpoint(state: TrainState, config: TrainConfig, run: RunDir, name: str, data: ImageData) -> Path | None:
+def save_training_checkpoint(
+    state: TrainState,
+    config: TrainConfig,
+    run: RunDir,
+    name: str,
+    data: ImageData,
+    extra_metadata: dict[str, str] | None = None,
+) -> Path | None:
     """Write a full checkpoint (after checking the weights are finite); None when this rank does not write."""
     if not weights_are_finite(state.generator, state.discriminator, state.generator_ema):
         last = run.latest_checkpoint()
@@ -292,7 +302,7 @@ def save_training_checkpoint(state: TrainState, config: TrainConfig, run: RunDir
             discriminator=state.discriminator,
             optimizer_g=state.optimizer_g,
             optimizer_d=state.optimizer_d,
-            extra_metadata={"data_source": data.source, "data_id": data.data_id},
+            extra_metadata={"data_source": data.source, "data_id": data.data_id, **(extra_metadata or {})},
         ),
     )
 
@@ -320,11 +330,18 @@ def train(
     state.discriminator.train()
     stop = stop or StopFlag()
     last_checkpoint = resume_from
+
+    # Evaluation and TensorBoard, as asked for; best.safetensors is a full checkpoint like the others.
+    def save_best(metadata: dict[str, str]) -> Path | None:
+        return save_training_checkpoint(state, config, run, BEST_NAME, data, metadata)
+
+    hooks = build_hooks(config, data, run, state.step, reporter.log, save_best)
     reporter.start(config.max_steps, state.step)
     try:
-        return _train_loop(state, config, data, run, device, reporter, stop, last_checkpoint)
+        return _train_loop(state, config, data, run, device, reporter, stop, last_checkpoint, hooks)
     finally:
         reporter.close()  # also on divergence or interruption: a live progress bar must not outlive the run
+        hooks.close()
 
 
 def _train_loop(
@@ -336,6 +353,7 @@ def _train_loop(
     reporter: Reporter,
     stop: StopFlag,
     last_checkpoint: Path | None,
+    hooks: TrainingHooks,
 ) -> Path | None:
     """The step loop of `train`: log, preview, checkpoint; stop cleanly on a signal, loudly on divergence."""
     window_start, window_steps = time.perf_counter(), 0
@@ -349,24 +367,36 @@ def _train_loop(
             state.train_seconds += time.perf_counter() - step_start
             window_steps += 1
             last = state.step == config.max_steps
-            if last or stop.signal_number is not None or any(
-                state.step % every == 0 for every in (config.log_every, config.sample_every, config.save_every)
+            if (
+                last
+                or stop.signal_number is not None
+                or hooks.due(state.step)
+                or any(state.step % every == 0 for every in (config.log_every, config.sample_every, config.save_every))
             ):
-                watch.check(last_checkpoint)  # before anything is logged, drawn or saved
+                watch.check(last_checkpoint)  # before anything is logged, drawn, scored or saved
+            logged, grid = None, None
             if state.step % config.log_every == 0 or state.step == config.max_steps:
                 now = time.perf_counter()
                 stats = {k: float(v) for k, v in losses.items()}
-                stats["images_per_second"] = window_steps * config.batch_size * config.d_steps / max(now - window_start, 1e-9)
+                stats["images_per_second"] = (
+                    window_steps * config.batch_size * config.d_steps / max(now - window_start, 1e-9)
+                )
                 gammas = {f"gamma_g{k}": v for k, v in attention_gammas(state.generator).items()}
                 gammas.update({f"gamma_d{k}": v for k, v in attention_gammas(state.discriminator).items()})
-                run.append_metrics({"step": state.step, "train_seconds": round(state.train_seconds, 3), **stats, **gammas})
+                logged = {"step": state.step, "train_seconds": round(state.train_seconds, 3), **stats, **gammas}
+                run.append_metrics(logged)
                 reporter.step(state.step, {**stats, **gammas})
                 window_start, window_steps = now, 0
             if state.step % config.sample_every == 0 or state.step == config.max_steps:
-                run.write_sample_grid(
-                    state.step, preview_grid(state, config), {"step": str(state.step), "seed": str(config.seed)}
-                )
+                grid = preview_grid(state, config)
+                run.write_sample_grid(state.step, grid, {"step": str(state.step), "seed": str(config.seed)})
+            hooks_start = time.perf_counter()
+            hooks.after_step(
+                state.step, state.generator if state.generator_ema is None else state.generator_ema, logged, grid
+            )
+            if grid is not None:  # after the hooks (evaluation), and like them kept out of images/s
                 run.write_curves()
+            window_start += time.perf_counter() - hooks_start  # evaluation is not training: kept out of images/s
             if state.step % config.save_every == 0 and state.step < config.max_steps:
                 last_checkpoint = save_training_checkpoint(state, config, run, run.step_name(state.step), data)
                 saved_step = state.step
@@ -384,5 +414,7 @@ def _train_loop(
             run.prune_checkpoints(config.keep)
         code = EXIT_SIGINT if stop.signal_number == signal.SIGINT else EXIT_SIGTERM
         saved = f"saved {last_checkpoint}" if last_checkpoint else "the main process saved a checkpoint"
-        raise Interrupted(f"stopped at step {state.step}; {saved}; continue with: sagan train --resume {run.path}", code)
+        raise Interrupted(
+            f"stopped at step {state.step}; {saved}; continue with: sagan train --resume {run.path}", code
+        )
     return save_training_checkpoint(state, config, run, "final", data)

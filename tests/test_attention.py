@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
+from eval_support import read_png, untrained_checkpoint
 from PIL import Image
 
 from sagan_cli.attention_maps import Query, capturing, default_queries, generator_attention
 from sagan_cli.checkpoint import load_generator
 from sagan_cli.model import Discriminator, Generator, ModelConfig, SelfAttention
-
-from conftest import run_cli
-from eval_support import read_png, untrained_checkpoint
 
 TINY = {"g_width": 8, "d_width": 8, "z_dim": 16}
 
@@ -32,14 +31,18 @@ def _gated_model(network: type, **config: object) -> torch.nn.Module:
 
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("network", [Generator, Discriminator])
-def test_captured_weights_are_the_softmax_the_forward_used(network: type, fused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_captured_weights_are_the_softmax_the_forward_used(
+    network: type, fused: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(SelfAttention, "fused", fused)  # the fused kernel, or the written-out softmax(Q K^T) V
     model = _gated_model(network, attn_resolutions=(14, 28) if network is Generator else (14,))
     inputs = (torch.randn(2, 16),) if network is Generator else (torch.rand(2, 1, 28, 28) * 2 - 1,)
     seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     hooks = [
         layer.register_forward_hook(lambda module, args, out, size=size: seen.__setitem__(size, (args[0], out)))
-        for size, layer in ((int(n.rsplit(".", 1)[-1]), m) for n, m in model.named_modules() if isinstance(m, SelfAttention))
+        for size, layer in (
+            (int(n.rsplit(".", 1)[-1]), m) for n, m in model.named_modules() if isinstance(m, SelfAttention)
+        )
     ]
     with torch.no_grad(), capturing(model) as layers:
         model(*inputs)
@@ -135,7 +138,9 @@ def test_generated_image_is_sagan_samples(tiny_checkpoint: Path, tmp_path: Path)
 def test_discriminator_attention_on_a_given_image(tiny_checkpoint: Path, tmp_path: Path) -> None:
     picture = tmp_path / "big.png"
     Image.new("RGB", (64, 48), (200, 30, 30)).save(picture)  # other size and mode: converted as training data is
-    result = run_cli("attention", tiny_checkpoint, "--image", picture, "--query", "14,14", "--json", "-o", tmp_path / "d.png")
+    result = run_cli(
+        "attention", tiny_checkpoint, "--image", picture, "--query", "14,14", "--json", "-o", tmp_path / "d.png"
+    )
     assert result.exit_code == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["network"] == "D" and payload["image"] == str(picture) and payload["seed"] is None

@@ -6,9 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from PIL import Image
-
 from conftest import run_cli
+from PIL import Image
 
 
 def _copy_run(tiny_run: Path, tmp_path: Path) -> Path:
@@ -36,7 +35,15 @@ def test_report_summarises_a_running_run_with_quality_metrics(tiny_run: Path, tm
     summary = json.loads(result.stdout)
     assert summary["steps"] == 4 and summary["records"] == 4
     assert summary["best"] == {"fid": {"value": 60.25, "step": 4}, "isc": {"value": 2.5, "step": 2}}
-    assert set(summary["final"]) >= {"loss_d", "loss_g", "d_real", "d_fake", "images_per_second", "gamma_g14", "gamma_d14"}
+    assert set(summary["final"]) >= {
+        "loss_d",
+        "loss_g",
+        "d_real",
+        "d_fake",
+        "images_per_second",
+        "gamma_g14",
+        "gamma_d14",
+    }
     assert summary["curves"] == str(run / "curves.png") and (run / "curves.png").is_file()
     assert "best fid: 60.25 at step 4" in result.stderr and "final gammas: g14" in result.stderr
     assert "skipped 1 unreadable line" in result.stderr
@@ -68,5 +75,9 @@ def test_old_runs_without_gammas_or_time_still_summarise(tmp_path: Path) -> None
     result = run_cli("report", tmp_path, "--json")
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["steps"] == 20 and summary["train_seconds"] is None and summary["final"] == {"loss_d": 0.05, "loss_g": 0.5}
+    assert (
+        summary["steps"] == 20
+        and summary["train_seconds"] is None
+        and summary["final"] == {"loss_d": 0.05, "loss_g": 0.5}
+    )
     assert (tmp_path / "curves.png").is_file()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated
 
 import typer
 
@@ -24,19 +24,27 @@ EPILOG = (
 def attention(
     checkpoint: options.CheckpointArg,
     seed: Annotated[
-        Optional[int], typer.Option("--seed", help=f"Seed of the generated image, as in sagan sample -n 1 (default: {DEFAULTS.seed})")
+        int | None,
+        typer.Option("--seed", help=f"Seed of the generated image, as in sagan sample -n 1 (default: {DEFAULTS.seed})"),
     ] = None,
-    class_index: Annotated[Optional[int], typer.Option("--class", help="Class of the generated image (conditional models)")] = None,
+    class_index: Annotated[
+        int | None, typer.Option("--class", help="Class of the generated image (conditional models)")
+    ] = None,
     queries: Annotated[
-        Optional[List[str]],
-        typer.Option("--query", help="Query point X,Y in image pixels (0,0 = top left); repeat for more (default: a spread over the image)"),
+        list[str] | None,
+        typer.Option(
+            "--query",
+            help="Query point X,Y in image pixels (0,0 = top left); repeat for more (default: a spread over the image)",
+        ),
     ] = None,
     image: Annotated[
-        Optional[Path], typer.Option("--image", help="Show D's attention on this image (real or generated) instead of G's")
+        Path | None, typer.Option("--image", help="Show D's attention on this image (real or generated) instead of G's")
     ] = None,
     output: Annotated[
-        Optional[Path],
-        typer.Option("-o", "--output", help=f"The figure, a .png (default: {DEFAULTS.output}; with --json only if given)"),
+        Path | None,
+        typer.Option(
+            "-o", "--output", help=f"The figure, a .png (default: {DEFAULTS.output}; with --json only if given)"
+        ),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the raw maps as JSON on stdout")] = False,
     ema: options.Ema = DEFAULTS.use_ema,
@@ -83,9 +91,14 @@ def attention(
         write_atomically(output, attention_figure(result, query_list, title, metadata))
     if json_output:
         payload = {
-            "checkpoint": str(checkpoint), "step": info.step, "network": result.network,
-            "image_size": info.model.image_size, "image": None if image is None else str(image),
-            "seed": None if image is not None else seed, "class": class_index, "maps": map_records(result, query_list),
+            "checkpoint": str(checkpoint),
+            "step": info.step,
+            "network": result.network,
+            "image_size": info.model.image_size,
+            "image": None if image is None else str(image),
+            "seed": None if image is not None else seed,
+            "class": class_index,
+            "maps": map_records(result, query_list),
         }
         print(json.dumps(payload), flush=True)  # compact: the maps are large
         if output is not None:

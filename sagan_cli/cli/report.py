@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -20,7 +20,8 @@ EPILOG = (
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by sagan train (finished, running or old)")],
     output: Annotated[
-        Optional[Path], typer.Option("-o", "--output", help="Where to draw the curves, a .png (default: RUN_DIR/curves.png, redrawn)")
+        Path | None,
+        typer.Option("-o", "--output", help="Where to draw the curves, a .png (default: RUN_DIR/curves.png, redrawn)"),
     ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the summary as JSON on stdout (the written path goes to stderr)")
@@ -64,7 +65,9 @@ def _summary_lines(run_dir: Path, summary: dict[str, Any], skipped: int) -> list
     losses = ", ".join(f"{key} {final[key]:.3f}" for key in ("loss_d", "loss_g", "d_real", "d_fake") if key in final)
     if losses:
         lines.append(f"final: {losses}")
-    gammas = ", ".join(f"{key.removeprefix('gamma_')} {value:+.4f}" for key, value in final.items() if key.startswith("gamma_"))
+    gammas = ", ".join(
+        f"{key.removeprefix('gamma_')} {value:+.4f}" for key, value in final.items() if key.startswith("gamma_")
+    )
     if gammas:
         lines.append(f"final gammas: {gammas}")
     if skipped:
