@@ -31,8 +31,10 @@ def debug_enabled() -> bool:
 
 
 def error(message: str) -> None:
-    """Print one human line to stderr."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    """Print one human line to stderr (naming the rank on torchrun's other processes)."""
+    rank = os.environ.get("RANK", "0")
+    where = f"(rank {rank}) " if rank != "0" and os.environ.get("WORLD_SIZE", "1") != "1" else ""
+    print(f"error: {where}{message}", file=sys.stderr, flush=True)
 
 
 # Typer >= 0.29 vendors click; older releases use the click package. Find its UsageError either way.
@@ -227,15 +229,18 @@ def train(
     sample_every: Optional[int] = typer.Option(None, "--sample-every", help=f"Preview grid every N steps {_default_d('sample_every')}"),
     log_every: Optional[int] = typer.Option(None, "--log-every", help=f"Log line every N steps {_default_d('log_every')}"),
     keep: Optional[int] = typer.Option(None, "--keep", help=f"Periodic checkpoints kept (final always kept) {_default_d('keep')}"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32, bf16 or fp16: autocast dtype; weights stay fp32 (default: auto = bf16 on CUDA GPUs that have it, else fp32)"),
+    sync_bn: Optional[bool] = typer.Option(None, "--sync-bn/--no-sync-bn", help="Under torchrun on CUDA: G's BatchNorm statistics over the global batch, not each rank's shard (default: no-sync-bn)"),
+    dist_timeout: Optional[int] = typer.Option(None, "--dist-timeout", help=f"Under torchrun: seconds before the processes give up on a silent one {_default_d('dist_timeout')}"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run: its directory or one of its checkpoints"),
     force: bool = typer.Option(False, "--force", help="Replace an existing run directory of the same name; with --resume CKPT, drop the run's later checkpoints"),
 ) -> None:
     """Train a SAGAN; prints the final checkpoint's path on stdout."""
-    from .data import load_dataset
+    from . import distributed
+    from .precision import resolve_precision
     from .progress import make_reporter
     from .rundir import RunDir, unique_run_path
     from .runtime import is_main_process, resolve_device
-    from .train import StopFlag, check_training_data, train as run_training
 
     local = locals()
     train_keys = {f.name for f in fields(TrainConfig)} - {"model"}
@@ -271,8 +276,25 @@ def train(
         run_path = out / base if name else unique_run_path(out, base)
         if writer:
             RunDir.check_new(run_path, force)
-    torch_device = resolve_device(config.device)
-    reporter = make_reporter()
+    world = distributed.world_from_env()  # torchrun's RANK / WORLD_SIZE; one process without them
+    distributed.check_global_batch(config.batch_size, world)
+    torch_device = distributed.rank_device(resolve_device(config.device), world)
+    resolve_precision(config.precision, torch_device)
+    distributed.check_sync_bn(config.sync_bn, world, torch_device)
+    reporter = make_reporter(enabled=writer)  # other ranks stay silent except for errors
+    with distributed.session(world, torch_device, config.dist_timeout):
+        _train_in_session(config, run_path, checkpoint, force, writer, torch_device, reporter, world.distributed)
+
+
+def _train_in_session(
+    config: TrainConfig, run_path: Path, checkpoint: Path | None, force: bool, writer: bool, torch_device: Any,
+    reporter: Any, distributed_run: bool,
+) -> None:
+    """Load the data, create or reopen the run, train under the signal handlers; print the final path."""
+    from .data import load_dataset
+    from .rundir import RunDir
+    from .train import StopFlag, check_training_data, train as run_training
+
     data = load_dataset(
         config.dataset,
         image_size=config.model.image_size,
@@ -287,7 +309,7 @@ def train(
     else:
         run = RunDir(run_path, enabled=writer)
     stop = StopFlag()
-    previous_handlers = _install_signal_handlers(stop)
+    previous_handlers = _install_signal_handlers(stop, repeat_interrupts=not distributed_run)
     try:
         with run.locked():
             reporter.log(f"run {run.path}: {config.dataset} ({data.source}, {len(data)} images), device {torch_device}")
@@ -299,15 +321,19 @@ def train(
         print(final)
 
 
-def _install_signal_handlers(stop: Any) -> dict[int, Any]:
-    """First SIGINT/SIGTERM: finish the step, save, exit 130/143. A second SIGINT stops at once.
+def _install_signal_handlers(stop: Any, repeat_interrupts: bool = True) -> dict[int, Any]:
+    """First SIGINT/SIGTERM: finish the step, save, exit 130/143. A second SIGINT stops at once
+    (unless repeat_interrupts is False: under torchrun a Ctrl-C reaches a worker twice, from the
+    terminal and forwarded by torchrun, and every rank must reach the same step to save).
 
     Returns the handlers they replace, to be put back when training ends.
     """
 
     def handle(signal_number: int, frame: object) -> None:
-        if stop.signal_number is not None and signal_number == signal.SIGINT:
+        if stop.signal_number is not None and signal_number == signal.SIGINT and repeat_interrupts:
             raise KeyboardInterrupt
+        if stop.signal_number is not None and not repeat_interrupts:
+            return
         stop.request(signal_number)
         print(f"\nsignal {signal_number}: saving a checkpoint after this step (Ctrl-C again to stop at once)", file=sys.stderr)
 

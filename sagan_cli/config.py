@@ -13,13 +13,15 @@ from .model import ModelConfig
 # Keys of a run that may change on --resume without changing what is being trained. Where the data
 # comes from may change too: the resumed data must match the checkpoint's (train.check_training_data).
 RESUMABLE_OVERRIDES = frozenset(
-    {"max_steps", "save_every", "sample_every", "log_every", "keep", "device", "data_dir", "download"}
+    {"max_steps", "save_every", "sample_every", "log_every", "keep", "device", "data_dir", "download",
+     "precision", "sync_bn", "dist_timeout"}
 )
 # Keys that configs written by earlier versions may hold; they are dropped on reading so old runs and
 # checkpoints keep loading (num_workers: batches are drawn by index from preloaded tensors, so there
 # never were loader workers, and no flag ever set it).
 RETIRED_KEYS = frozenset({"num_workers"})
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # --precision; resolved per device in precision.py
 MAX_SEED = 2**32 - 1  # per-step generators are seeded from (seed, step); larger seeds overflow them
 MAX_CONFIG_INT = 2**40  # no count, size or step of a real run comes near this
 
@@ -53,6 +55,9 @@ class TrainConfig:
     sample_every: int = 250
     log_every: int = 50
     keep: int = 3
+    precision: str = "auto"  # fp32 on CPU and MPS, bf16 on CUDA GPUs that have it (precision.resolve_precision)
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics of G over each rank's shard (docs/scaling.md)
+    dist_timeout: int = 600  # seconds a collective waits for a silent peer before every rank gives up
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,6 +110,10 @@ class TrainConfig:
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         check_seed(self.seed)
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if not 1 <= self.dist_timeout <= MAX_CONFIG_INT:
+            raise UsageError(f"--dist-timeout must be at least 1 second, got {self.dist_timeout}")
         return self
 
     def with_overrides(self, **changes: Any) -> "TrainConfig":

@@ -2,8 +2,10 @@
 
 Every random draw of a step comes from a generator seeded by (seed, step), and
 the data order of an epoch from (seed, epoch), so a resumed run needs no RNG
-state and continues bit for bit. Batches are chosen by dataset index, which
-is what a DistributedSampler-style shard by rank needs later.
+state and continues bit for bit. Batches are chosen by dataset index; under
+torchrun every rank draws the same global batch (indices and latents) and
+computes its contiguous slice of it (distributed.py), so the global batch does
+not depend on the number of processes.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .checkpoint import load_module_state, load_optimizer_state, read_checkpoint_info, save_checkpoint
 from .config import TrainConfig
 from .data import ImageData, to_model_range
 from .errors import DivergenceError, Interrupted, UsageError
 from .errors import EXIT_SIGINT, EXIT_SIGTERM
 from .model import Discriminator, Generator, attention_gammas
+from .precision import Precision, backward_and_step, load_scaler_metadata, resolve_precision, scaler_metadata
 from .rundir import RunDir
 from .runtime import preferred_memory_format
 from .sampling import generate, make_grid, sample_latents
@@ -53,8 +57,20 @@ class StopFlag:
 
 
 @dataclass
+class StepSetup:
+    """How a step runs: the modules it calls (DDP wrappers under torchrun), this rank, autocast, fp16 scalers."""
+
+    generator: torch.nn.Module
+    discriminator: torch.nn.Module
+    world: distributed.World = distributed.World()
+    precision: Precision = Precision()
+    scaler_g: torch.amp.GradScaler | None = None
+    scaler_d: torch.amp.GradScaler | None = None
+
+
+@dataclass
 class TrainState:
-    """Models, optimizers and counters: everything a checkpoint restores."""
+    """Models, optimizers and counters: everything a checkpoint restores (models never DDP-wrapped)."""
 
     generator: Generator
     discriminator: Discriminator
@@ -63,6 +79,7 @@ class TrainState:
     optimizer_d: torch.optim.Optimizer
     step: int = 0
     train_seconds: float = 0.0
+    setup: StepSetup | None = None  # None: one process, fp32
 
 
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
@@ -94,6 +111,24 @@ def build_state(config: TrainConfig, device: torch.device) -> TrainState:
     optimizer_g = _adam(generator, config.lr_g, config, device)
     optimizer_d = _adam(discriminator, config.lr_d, config, device)
     return TrainState(generator, discriminator, generator_ema, optimizer_g, optimizer_d)
+
+
+def prepare_step(state: TrainState, config: TrainConfig, device: torch.device) -> StepSetup:
+    """Wrap G and D for DDP (SyncBatchNorm in G with config.sync_bn) and make the fp16 scalers; call after restoring."""
+    world = distributed.current_world()
+    generator: torch.nn.Module = state.generator
+    if config.sync_bn and world.distributed:  # same parameter and buffer objects: optimizer and checkpoints unchanged
+        generator = distributed.sync_batchnorm(generator, device)
+    precision = Precision(resolve_precision(config.precision, device), device.type)
+    state.setup = StepSetup(
+        distributed.wrap(generator, device),
+        distributed.wrap(state.discriminator, device),
+        world,
+        precision,
+        precision.scaler(),
+        precision.scaler(),
+    )
+    return state.setup
 
 
 def _adam(module: torch.nn.Module, lr: float, config: TrainConfig, device: torch.device) -> torch.optim.Adam:
@@ -136,7 +171,7 @@ def check_training_data(config: TrainConfig, data: ImageData, resume_from: Path 
 
 
 def restore_state(state: TrainState, checkpoint: Path) -> None:
-    """Load a full training checkpoint into a freshly built state."""
+    """Load a full training checkpoint into a freshly built state (and its fp16 loss scales when training in fp16)."""
     info = read_checkpoint_info(checkpoint)
     if not info.has_training_state:
         raise UsageError(f"{checkpoint} holds no training state (discriminator/optimizers); it cannot be resumed")
@@ -147,6 +182,11 @@ def restore_state(state: TrainState, checkpoint: Path) -> None:
     load_optimizer_state(state.optimizer_g, checkpoint, info, "optimizer_g")
     load_optimizer_state(state.optimizer_d, checkpoint, info, "optimizer_d")
     state.step, state.train_seconds = info.step, info.train_seconds
+    setup = state.setup
+    for part, scaler in (("g", setup and setup.scaler_g), ("d", setup and setup.scaler_d)):
+        saved = info.metadata.get(f"grad_scaler_{part}")
+        if scaler is not None and saved is not None:
+            load_scaler_metadata(scaler, saved, str(checkpoint))
 
 
 @torch.no_grad()
@@ -166,39 +206,49 @@ def ema_decay_at(step: int, config: TrainConfig) -> float:
 
 
 def train_step(state: TrainState, data: ImageData, config: TrainConfig, device: torch.device) -> dict[str, torch.Tensor]:
-    """One iteration: d_steps discriminator updates, then one generator update, hinge loss."""
-    G, D = state.generator, state.discriminator
+    """One iteration: d_steps discriminator updates, then one generator update, hinge loss.
+
+    Under torchrun this rank computes its slice of the global batch (B/world images and latents);
+    DDP averages the gradients, which equals the gradient of the global batch's mean loss.
+    """
+    setup = state.setup or StepSetup(state.generator, state.discriminator)
+    G, D = setup.generator, setup.discriminator  # DDP wrappers under torchrun
     model = config.model
     memory_format = preferred_memory_format(device)
     conditional = model.num_classes > 0
+    shard = setup.world.shard(config.batch_size)
+    n = shard.stop - shard.start  # this rank's images per batch
     for d_step in range(config.d_steps):
-        indices = batch_indices(state.step * config.d_steps + d_step, len(data), config.batch_size, config.seed)
-        real = to_model_range(data.images[indices]).to(device, memory_format=memory_format)  # (B, C, S, S)
+        indices = batch_indices(state.step * config.d_steps + d_step, len(data), config.batch_size, config.seed)[shard]
+        real = to_model_range(data.images[indices]).to(device, memory_format=memory_format)  # (n, C, S, S)
         real_labels = data.labels[indices].to(device) if conditional else None
         rng = step_generator(config.seed, state.step * config.d_steps + d_step, STREAM_LATENTS)
-        z = torch.randn(config.batch_size, model.z_dim, generator=rng).to(device)
+        # The global batch's latents, then this rank's rows: the same fakes whatever the world size.
+        z = torch.randn(config.batch_size, model.z_dim, generator=rng)[shard].to(device)  # (n, z_dim)
         fake_labels = (
-            torch.randint(model.num_classes, (config.batch_size,), generator=rng).to(device) if conditional else None
+            torch.randint(model.num_classes, (config.batch_size,), generator=rng)[shard].to(device) if conditional else None
         )
         # The last D step's fakes are kept with their graph and reused for the G step: G has not
         # changed since, so this is the same computation as a fresh forward, done once.
         keep_graph = d_step == config.d_steps - 1
-        with torch.set_grad_enabled(keep_graph):
-            fake = G(z, fake_labels)  # (B, C, S, S)
+        with torch.set_grad_enabled(keep_graph), setup.precision.autocast():
+            fake = G(z, fake_labels)  # (n, C, S, S)
         labels = torch.cat([real_labels, fake_labels]) if conditional else None
-        scores = D(torch.cat([real, fake.detach()]), labels)  # (2B,): one D pass for real and fake
-        d_real, d_fake = scores[: config.batch_size], scores[config.batch_size :]
+        with setup.precision.autocast():
+            scores = D(torch.cat([real, fake.detach().to(real.dtype)]), labels).float()  # (2n,): one D pass for both
+        d_real, d_fake = scores[:n], scores[n:]
         loss_d = F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean()
         state.optimizer_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        state.optimizer_d.step()
+        backward_and_step(loss_d, state.optimizer_d, setup.scaler_d)
 
-    D.requires_grad_(False)  # the G step needs gradients w.r.t. D's input only
-    loss_g = -D(fake, fake_labels).mean()
+    # The G step calls D itself, not its DDP wrapper: D's weights get no gradients here (and must
+    # not, or DDP would reduce them outside its D step); gradients flow through D into G's DDP.
+    state.discriminator.requires_grad_(False)  # the G step needs gradients w.r.t. D's input only
+    with setup.precision.autocast():
+        loss_g = -state.discriminator(fake, fake_labels).float().mean()
     state.optimizer_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    state.optimizer_g.step()
-    D.requires_grad_(True)
+    backward_and_step(loss_g, state.optimizer_g, setup.scaler_g)
+    state.discriminator.requires_grad_(True)
 
     if state.generator_ema is not None:
         update_ema(state.generator_ema, G, ema_decay_at(state.step, config))
@@ -209,6 +259,23 @@ def train_step(state: TrainState, data: ImageData, config: TrainConfig, device: 
         "d_real": d_real.detach().mean(),
         "d_fake": d_fake.detach().mean(),
     }
+
+
+def _agree_on_step(losses: dict[str, torch.Tensor], stop: StopFlag, world: distributed.World) -> tuple[dict[str, torch.Tensor], bool]:
+    """The global batch's losses (mean over ranks) and whether every rank stops after this step.
+
+    One small all-reduce per step under torchrun (none in one process): every rank then makes the
+    same divergence and stop decisions at the same step, whichever rank saw the NaN or the signal.
+    The stop decision is taken here, once: a signal arriving later counts from the next step.
+    """
+    stopping = stop.signal_number is not None
+    if not world.distributed:
+        return losses, stopping
+    values = torch.stack([value.float() for value in losses.values()])
+    flag = torch.ones(1, device=values.device) if stopping else torch.zeros(1, device=values.device)
+    summed = distributed.agree(torch.cat([values, flag])).cpu()  # the step's one host sync, as _check_finite's
+    means = summed[:-1] / world.world_size
+    return dict(zip(losses, means.unbind())), bool(summed[-1] > 0)
 
 
 def _check_finite(state: TrainState, losses: dict[str, torch.Tensor], last_checkpoint: Path | None) -> None:
@@ -243,7 +310,23 @@ def preview_grid(state: TrainState, config: TrainConfig) -> torch.Tensor:
 
 
 def save_training_checkpoint(state: TrainState, config: TrainConfig, run: RunDir, name: str, data: ImageData) -> Path | None:
-    """Write a full checkpoint (after checking the weights are finite); None when this rank does not write."""
+    """Write a full checkpoint (after checking the weights are finite); None when this rank does not write.
+
+    Every rank calls this at the same step (the replica check is a collective); rank 0 writes the
+    unwrapped models, so the file is the same format whatever the number of processes.
+    """
+    distributed.check_replicas_agree(state.generator, state.discriminator)
+    setup = state.setup or StepSetup(state.generator, state.discriminator)
+    extra = {
+        "data_source": data.source,
+        "data_id": data.data_id,
+        "world_size": str(setup.world.world_size),
+        "precision": setup.precision.name,
+    }
+    for part, scaler in (("g", setup.scaler_g), ("d", setup.scaler_d)):
+        saved = scaler_metadata(scaler)
+        if saved is not None:
+            extra[f"grad_scaler_{part}"] = saved
     if not weights_are_finite(state.generator, state.discriminator, state.generator_ema):
         last = run.latest_checkpoint()
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
@@ -263,7 +346,7 @@ def save_training_checkpoint(state: TrainState, config: TrainConfig, run: RunDir
             discriminator=state.discriminator,
             optimizer_g=state.optimizer_g,
             optimizer_d=state.optimizer_d,
-            extra_metadata={"data_source": data.source, "data_id": data.data_id},
+            extra_metadata=extra,
         ),
     )
 
@@ -279,12 +362,19 @@ def train(
 ) -> Path | None:
     """Train until config.max_steps; return the final checkpoint (None on non-writing ranks)."""
     check_training_data(config, data, resume_from)
+    distributed.check_global_batch(config.batch_size, distributed.current_world())
     state = build_state(config, device)
+    setup = prepare_step(state, config, device)
     if resume_from is not None:
         restore_state(state, resume_from)
         run.rewind(state.step)
         run.write_config(config)  # only now: a checkpoint that failed to load leaves config.json as it was
         reporter.log(f"resuming {run.path} from step {state.step} ({resume_from.name})")
+    if setup.world.distributed:
+        per_rank = config.batch_size // setup.world.world_size
+        reporter.log(f"{setup.world.world_size} processes: global batch {config.batch_size} = {setup.world.world_size} x {per_rank}")
+    if setup.precision.name != "fp32":
+        reporter.log(f"precision {setup.precision.name} (autocast; weights and checkpoints stay fp32)")
     state.generator.train()
     state.discriminator.train()
     stop = stop or StopFlag()
@@ -292,6 +382,10 @@ def train(
     reporter.start(config.max_steps, state.step)
     try:
         return _train_loop(state, config, data, run, device, reporter, stop, last_checkpoint)
+    except RuntimeError as exc:  # a peer died or hung: one line, not DDP's traceback
+        if setup.world.distributed and distributed.is_collective_failure(exc):
+            raise distributed.failure(exc) from None
+        raise
     finally:
         reporter.close()  # also on divergence or interruption: a live progress bar must not outlive the run
 
@@ -313,6 +407,7 @@ def _train_loop(
         while state.step < config.max_steps:
             step_start = time.perf_counter()
             losses = train_step(state, data, config, device)
+            losses, stopping = _agree_on_step(losses, stop, state.setup.world if state.setup else distributed.World())
             _check_finite(state, losses, last_checkpoint)
             state.train_seconds += time.perf_counter() - step_start
             window_steps += 1
@@ -325,7 +420,7 @@ def _train_loop(
                 run.append_metrics({"step": state.step, "train_seconds": round(state.train_seconds, 3), **stats, **gammas})
                 reporter.step(state.step, {**stats, **gammas})
                 window_start, window_steps = now, 0
-            if state.step % config.sample_every == 0 or state.step == config.max_steps:
+            if run.enabled and (state.step % config.sample_every == 0 or state.step == config.max_steps):
                 run.write_sample_grid(
                     state.step, preview_grid(state, config), {"step": str(state.step), "seed": str(config.seed)}
                 )
@@ -333,7 +428,7 @@ def _train_loop(
                 last_checkpoint = save_training_checkpoint(state, config, run, run.step_name(state.step), data)
                 saved_step = state.step
                 run.prune_checkpoints(config.keep)
-            if stop.signal_number is not None and state.step < config.max_steps:
+            if stopping and state.step < config.max_steps:
                 break  # a signal during the last step changes nothing: the final checkpoint follows
     except KeyboardInterrupt:
         # Raised mid-step (no graceful handler installed, or a second Ctrl-C): the state may be
