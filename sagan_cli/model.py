@@ -223,8 +223,9 @@ class SelfAttention(nn.Module):
         if not 0 <= query_index < h * w:
             raise ValueError(f"query index {query_index} outside the {h}x{w} feature map")
         q, k, _ = self._qkv(x)
-        scores = q[:, 0, query_index : query_index + 1].float() @ k[:, 0].float().transpose(-1, -2)  # (B, 1, N)
-        return scores.softmax(dim=-1).reshape(b, h, w)
+        with full_precision(x.device.type):  # the written-out softmax(QK^T): logits overflow fp16
+            scores = q[:, 0, query_index : query_index + 1].float() @ k[:, 0].float().transpose(-1, -2)  # (B, 1, N)
+            return scores.softmax(dim=-1).reshape(b, h, w)
 
 
 class ConditionalBatchNorm2d(nn.Module):
