@@ -31,7 +31,8 @@ from .model import Discriminator, Generator, attention_gammas
 from .precision import Precision, backward_and_step, load_scaler_metadata, resolve_precision, scaler_metadata
 from .rundir import RunDir
 from .runtime import preferred_memory_format
-from .sampling import generate, make_grid, sample_latents
+from .images import make_grid
+from .sampling import generate, sample_latents
 
 STREAM_LATENTS = 0  # a step's latents, then its fake labels, come from this stream
 PREVIEW_SAMPLES = 64
@@ -360,8 +361,10 @@ def train(
     stop: StopFlag | None = None,
     resume_from: Path | None = None,
 ) -> Path | None:
-    """Train until config.max_steps; return the final checkpoint (None on non-writing ranks)."""
-    check_training_data(config, data, resume_from)
+    """Train until config.max_steps; return the final checkpoint (None on non-writing ranks).
+
+    `data` must have passed check_training_data (runs.open_run checks it before creating `run`).
+    """
     distributed.check_global_batch(config.batch_size, distributed.current_world())
     state = build_state(config, device)
     setup = prepare_step(state, config, device)
