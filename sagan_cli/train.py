@@ -252,7 +252,7 @@ def train_step(state: TrainState, data: ImageData, config: TrainConfig, device: 
     state.discriminator.requires_grad_(True)
 
     if state.generator_ema is not None:
-        update_ema(state.generator_ema, G, ema_decay_at(state.step, config))
+        update_ema(state.generator_ema, state.generator, ema_decay_at(state.step, config))  # the unwrapped G
     state.step += 1
     return {
         "loss_d": loss_d.detach(),
@@ -405,12 +405,13 @@ def _train_loop(
 ) -> Path | None:
     """The step loop of `train`: log, preview, checkpoint; stop cleanly on a signal, loudly on divergence."""
     window_start, window_steps = time.perf_counter(), 0
+    world = state.setup.world if state.setup else distributed.World()
     saved_step = state.step if last_checkpoint is not None else None
     try:
         while state.step < config.max_steps:
             step_start = time.perf_counter()
             losses = train_step(state, data, config, device)
-            losses, stopping = _agree_on_step(losses, stop, state.setup.world if state.setup else distributed.World())
+            losses, stopping = _agree_on_step(losses, stop, world)
             _check_finite(state, losses, last_checkpoint)
             state.train_seconds += time.perf_counter() - step_start
             window_steps += 1
