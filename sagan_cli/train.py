@@ -183,8 +183,8 @@ def restore_state(state: TrainState, checkpoint: Path) -> None:
     load_optimizer_state(state.optimizer_g, checkpoint, info, "optimizer_g")
     load_optimizer_state(state.optimizer_d, checkpoint, info, "optimizer_d")
     state.step, state.train_seconds = info.step, info.train_seconds
-    setup = state.setup
-    for part, scaler in (("g", setup and setup.scaler_g), ("d", setup and setup.scaler_d)):
+    setup = state.setup or StepSetup(state.generator, state.discriminator)
+    for part, scaler in (("g", setup.scaler_g), ("d", setup.scaler_d)):
         saved = info.metadata.get(f"grad_scaler_{part}")
         if scaler is not None and saved is not None:
             load_scaler_metadata(scaler, saved, str(checkpoint))

@@ -165,3 +165,25 @@ def test_a_failed_rank_makes_the_other_exit_with_one_line_not_hang(tmp_path, fai
     assert lines[-1].startswith("error: another training process failed or stopped responding ("), lines[-3:]
     assert "Traceback" not in "\n".join(lines)
     assert waited < timeout + 30
+
+
+def test_sigterm_to_torchrun_saves_once_at_a_step_every_rank_agreed_on(tmp_path) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "sagan_cli", "train", *DDP_FLAGS, "--max-steps", "100000", "--log-every", "1",
+               "--save-every", "100000", "--out", str(tmp_path), "--name", "run"]
+    log = tmp_path / "torchrun.log"
+    with log.open("w") as stderr:
+        launcher = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+        try:
+            wait_for_training(log, [launcher])
+            launcher.send_signal(signal.SIGTERM)  # torchrun forwards it to both workers
+            launcher.wait(timeout=120)
+        finally:
+            launcher.kill()
+            launcher.wait()
+    text = log.read_text()
+    saved = list((tmp_path / "run" / "checkpoints").glob("step_*.safetensors"))
+    assert len(saved) == 1, text[-2000:]
+    step = read_checkpoint_info(saved[0]).step
+    assert f"error: stopped at step {step}; saved {saved[0]}" in text  # rank 0, at the step it saved
+    assert "(rank 1)" not in text and text.count("saving a checkpoint after this step") == 1

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 
 from ..config import TrainConfig
-from ..errors import UsageError
+from ..errors import Interrupted, UsageError
 from ..model import SUPPORTED_IMAGE_SIZES, ModelConfig, default_attention_resolutions, default_d_width
 from ..rundir import RUNS_ROOT
 
@@ -177,11 +177,15 @@ def _load_and_train(plan: Any, writer: bool, torch_device: Any, reporter: Any, d
     run = open_run(plan, data, writer)
     # train
     stop = StopFlag()
-    previous_handlers = _install_signal_handlers(stop, repeat_interrupts=not distributed_run)
+    previous_handlers = _install_signal_handlers(stop, repeat_interrupts=not distributed_run, announce=writer)
     try:
         with run.locked():
             reporter.log(f"run {run.path}: {config.dataset} ({data.source}, {len(data)} images), device {torch_device}")
             final = run_training(config, data, run, torch_device, reporter, stop=stop, resume_from=plan.checkpoint)
+    except Interrupted as exc:
+        if writer:
+            raise
+        raise typer.Exit(exc.exit_code) from None  # rank 0 says where it saved; the others exit quietly
     finally:
         for signal_number, handler in previous_handlers.items():
             signal.signal(signal_number, handler)
@@ -189,10 +193,11 @@ def _load_and_train(plan: Any, writer: bool, torch_device: Any, reporter: Any, d
         print(final)
 
 
-def _install_signal_handlers(stop: Any, repeat_interrupts: bool = True) -> dict[int, Any]:
+def _install_signal_handlers(stop: Any, repeat_interrupts: bool = True, announce: bool = True) -> dict[int, Any]:
     """First SIGINT/SIGTERM: finish the step, save, exit 130/143. A second SIGINT stops at once,
     except under torchrun (repeat_interrupts False): there one Ctrl-C reaches a worker twice (from
     the terminal and forwarded by torchrun), and every rank must reach the agreed step to save.
+    Only the announcing process (rank 0) says so on stderr.
 
     Returns the handlers they replace, to be put back when training ends.
     """
@@ -203,10 +208,9 @@ def _install_signal_handlers(stop: Any, repeat_interrupts: bool = True) -> dict[
         if stop.signal_number is not None and signal_number == signal.SIGINT:
             raise KeyboardInterrupt
         stop.request(signal_number)
-        print(
-            f"\nsignal {signal_number}: saving a checkpoint after this step (Ctrl-C again to stop at once)",
-            file=sys.stderr,
-        )
+        if announce:
+            again = " (Ctrl-C again to stop at once)" if repeat_interrupts else ""
+            print(f"\nsignal {signal_number}: saving a checkpoint after this step{again}", file=sys.stderr)
 
     return {number: signal.signal(number, handle) for number in (signal.SIGINT, signal.SIGTERM)}
 
