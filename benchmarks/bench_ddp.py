@@ -41,8 +41,18 @@ def train_command(processes: int, flags: list[str]) -> list[str]:
     """`sagan train FLAGS`, under torchrun when more than one process."""
     if processes == 1:
         return [sys.executable, "-m", "sagan_cli", "train", *flags]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
-            "-m", "sagan_cli", "train", *flags]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(processes),
+        "-m",
+        "sagan_cli",
+        "train",
+        *flags,
+    ]
 
 
 def run_row(name: str, args: argparse.Namespace, out: Path, round_number: int) -> dict[str, Any]:
@@ -50,9 +60,27 @@ def run_row(name: str, args: argparse.Namespace, out: Path, round_number: int) -
     processes, threads = ROWS[name]
     run_name = f"r{round_number}-p{processes}"
     flags = [
-        "--dataset", "mnist", "--no-download", "--device", "cpu", "--seed", "0",
-        "--max-steps", str(args.steps), "--batch-size", str(args.batch_size), "--log-every", str(args.log_every),
-        "--sample-every", str(10**9), "--save-every", str(10**9), "--out", str(out), "--name", run_name,
+        "--dataset",
+        "mnist",
+        "--no-download",
+        "--device",
+        "cpu",
+        "--seed",
+        "0",
+        "--max-steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--log-every",
+        str(args.log_every),
+        "--sample-every",
+        str(10**9),
+        "--save-every",
+        str(10**9),
+        "--out",
+        str(out),
+        "--name",
+        run_name,
     ]
     flags += ["--g-width", str(args.g_width)] if args.g_width else []
     flags += ["--d-width", str(args.d_width)] if args.d_width else []
@@ -115,7 +143,9 @@ def main() -> None:
     parser.add_argument("--d-width", type=int, default=None, help="D width (default: the model's)")
     parser.add_argument("--rounds", type=int, default=2, help="alternate the two rows this many times (default 2)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    parser.add_argument("--write-docs", action="store_true", help=f"replace the table between the markers in {DOCS.name}")
+    parser.add_argument(
+        "--write-docs", action="store_true", help=f"replace the table between the markers in {DOCS.name}"
+    )
     args = parser.parse_args()
     if args.steps < 2 * args.log_every:
         parser.error("--steps must be at least twice --log-every (the first window is dropped)")
@@ -127,7 +157,10 @@ def main() -> None:
     command = "python benchmarks/bench_ddp.py " + " ".join(sys.argv[1:])
     result = {
         "machine": common.machine(),
-        "settings": {**{k: v for k, v in vars(args).items() if k not in ("json", "write_docs")}, "command": command.strip()},
+        "settings": {
+            **{k: v for k, v in vars(args).items() if k not in ("json", "write_docs")},
+            "command": command.strip(),
+        },
         "rows": merge(rows),
         "runs": rows,
     }
@@ -136,9 +169,19 @@ def main() -> None:
     table = markdown(result)
     if args.write_docs:
         write_docs(table)
-    common.emit(result, args.json, common.format_table(result["rows"], [
-        ("config", "configuration"), ("images_per_second", "images/s"), ("windows", "windows"), ("error", "error"),
-    ]))
+    common.emit(
+        result,
+        args.json,
+        common.format_table(
+            result["rows"],
+            [
+                ("config", "configuration"),
+                ("images_per_second", "images/s"),
+                ("windows", "windows"),
+                ("error", "error"),
+            ],
+        ),
+    )
 
 
 if __name__ == "__main__":

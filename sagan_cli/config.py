@@ -8,13 +8,25 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .errors import UsageError
+from .losses import DEFAULT_LOSS, get_loss
 from .model import ModelConfig
 
 # Keys of a run that may change on --resume without changing what is being trained. Where the data
 # comes from may change too: the resumed data must match the checkpoint's (train.check_training_data).
 RESUMABLE_OVERRIDES = frozenset(
-    {"max_steps", "save_every", "sample_every", "log_every", "keep", "device", "data_dir", "download",
-     "precision", "sync_bn", "dist_timeout"}
+    {
+        "max_steps",
+        "save_every",
+        "sample_every",
+        "log_every",
+        "keep",
+        "device",
+        "data_dir",
+        "download",
+        "precision",
+        "sync_bn",
+        "dist_timeout",
+    }
 )
 # Keys that configs written by earlier versions may hold; they are dropped on reading so old runs and
 # checkpoints keep loading (num_workers: batches are drawn by index from preloaded tensors, so there
@@ -55,6 +67,7 @@ class TrainConfig:
     sample_every: int = 250
     log_every: int = 50
     keep: int = 3
+    loss: str = DEFAULT_LOSS  # a name in losses.LOSSES
     precision: str = "auto"  # fp32 on CPU and MPS, bf16 on CUDA GPUs that have it (precision.resolve_precision)
     sync_bn: bool = False  # under torchrun: BatchNorm statistics of G over each rank's shard (docs/scaling.md)
     dist_timeout: int = 600  # seconds a collective waits for a silent peer before every rank gives up
@@ -64,6 +77,10 @@ class TrainConfig:
         """Plain JSON-able dict (model config nested)."""
         data = asdict(self)
         data["model"] = json.loads(self.model.to_json())
+        if data["loss"] == DEFAULT_LOSS:
+            # Written only when it is not the default: configs and checkpoints of hinge runs stay
+            # exactly what 0.1/0.2.0 wrote, and those versions can still read them.
+            del data["loss"]
         return data
 
     def to_json(self) -> str:
@@ -71,7 +88,7 @@ class TrainConfig:
         return json.dumps(self.to_dict(), sort_keys=True, indent=2)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a dict; unknown keys are an error (retired ones are dropped)."""
         if not isinstance(data, dict):
             raise ValueError("a training config must be a JSON object")
@@ -89,7 +106,7 @@ class TrainConfig:
             values["model"] = ModelConfig.from_json(json.dumps(values["model"]))
         return cls(**values)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check numbers a user typed; raise UsageError naming the value and the fix."""
         positive = ("max_steps", "batch_size", "d_steps", "save_every", "sample_every", "log_every", "keep")
         for name in positive:
@@ -110,13 +127,14 @@ class TrainConfig:
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         check_seed(self.seed)
+        get_loss(self.loss)
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if not 1 <= self.dist_timeout <= MAX_CONFIG_INT:
             raise UsageError(f"--dist-timeout must be at least 1 second, got {self.dist_timeout}")
         return self
 
-    def with_overrides(self, **changes: Any) -> "TrainConfig":
+    def with_overrides(self, **changes: Any) -> TrainConfig:
         """A copy with some fields replaced."""
         return replace(self, **changes)
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import socket
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from PIL import Image
@@ -76,7 +76,9 @@ def _download_timeout() -> Iterator[None]:
         socket.setdefaulttimeout(previous)
 
 
-def _torchvision_dataset(factory: Callable[..., object], name: str, data_dir: Path | None, download: bool, **kwargs: object) -> object:
+def _torchvision_dataset(
+    factory: Callable[..., object], name: str, data_dir: Path | None, download: bool, **kwargs: object
+) -> object:
     """Open a torchvision dataset from data_dir (or the cache), downloading if allowed."""
     root = data_dir or default_cache_dir()
     try:
@@ -84,7 +86,9 @@ def _torchvision_dataset(factory: Callable[..., object], name: str, data_dir: Pa
     except (RuntimeError, FileNotFoundError, OSError):
         pass
     if not download:
-        raise DatasetError(f"{name} not found in {root}; put the torchvision files there or allow downloading (drop --no-download)")
+        raise DatasetError(
+            f"{name} not found in {root}; put the torchvision files there or allow downloading (drop --no-download)"
+        )
     try:
         root.mkdir(parents=True, exist_ok=True)
         with _download_timeout(), warnings.catch_warnings():
@@ -97,7 +101,9 @@ def _torchvision_dataset(factory: Callable[..., object], name: str, data_dir: Pa
         ) from None
 
 
-def _load_mnist_like(factory_name: str, name: str) -> Callable[[Path | None, bool, Log], tuple[torch.Tensor, torch.Tensor | None, str]]:
+def _load_mnist_like(
+    factory_name: str, name: str
+) -> Callable[[Path | None, bool, Log], tuple[torch.Tensor, torch.Tensor | None, str]]:
     def load(data_dir: Path | None, download: bool, log: Log) -> tuple[torch.Tensor, torch.Tensor | None, str]:
         import torchvision.datasets as tvd
 
@@ -260,7 +266,7 @@ def load_image_paths(paths: list[Path], channels: int, image_size: int, log: Log
                     image.load()
                     images[count] = _pil_to_tensor(image, channels, image_size)
                     count += 1
-        except Exception:  # noqa: BLE001 - a decoder fails in many ways on a damaged file; any of them means unreadable
+        except Exception:  # a decoder fails in many ways on a damaged file; any of them means unreadable
             skipped.append(path)
     if skipped:
         log(f"warning: skipped {len(skipped)} unreadable image(s) in {what}, e.g. {skipped[0]}")

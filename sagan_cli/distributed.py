@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -51,14 +51,18 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise UsageError(f"environment variable {name}={value!r} is not an integer (torchrun sets it); unset it") from None
+        raise UsageError(
+            f"environment variable {name}={value!r} is not an integer (torchrun sets it); unset it"
+        ) from None
 
 
 def world_from_env() -> World:
     """RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them; one process when they are absent."""
     world = World(_env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0))
     if world.world_size < 1 or not 0 <= world.rank < world.world_size:
-        raise UsageError(f"RANK={world.rank} and WORLD_SIZE={world.world_size} do not describe a process; unset them or use torchrun")
+        raise UsageError(
+            f"RANK={world.rank} and WORLD_SIZE={world.world_size} do not describe a process; unset them or use torchrun"
+        )
     return world
 
 
@@ -86,7 +90,9 @@ def rank_device(device: torch.device, world: World) -> torch.device:
         return device
     if device.type == "cuda":
         if device.index is not None and device.index != world.local_rank:
-            raise UsageError(f"--device {device}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda or auto")
+            raise UsageError(
+                f"--device {device}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda or auto"
+            )
         if world.local_rank >= torch.cuda.device_count():
             raise UsageError(
                 f"LOCAL_RANK {world.local_rank} but this machine has {torch.cuda.device_count()} CUDA device(s); "
@@ -94,7 +100,9 @@ def rank_device(device: torch.device, world: World) -> torch.device:
             )
         return torch.device("cuda", world.local_rank)
     if device.type != "cpu":
-        raise UsageError(f"--device {device.type}: multi-process training runs on CUDA (NCCL) or CPU (gloo); use --device cpu")
+        raise UsageError(
+            f"--device {device.type}: multi-process training runs on CUDA (NCCL) or CPU (gloo); use --device cpu"
+        )
     return device
 
 
@@ -179,10 +187,12 @@ def check_replicas_agree(*modules: nn.Module | None) -> None:
     guarded(dist.all_reduce, low, op=dist.ReduceOp.MIN)
     guarded(dist.all_reduce, high, op=dist.ReduceOp.MAX)
     if not torch.equal(low, high):
-        raise DistributedFailure("the training processes hold different weights; this is a bug in sagan, please report it")
+        raise DistributedFailure(
+            "the training processes hold different weights; this is a bug in sagan, please report it"
+        )
 
 
-def guarded(collective, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+def guarded(collective, *args, **kwargs):
     """Run a collective; a dead or hung peer becomes one DistributedFailure line instead of a traceback."""
     try:
         return collective(*args, **kwargs)
@@ -198,7 +208,8 @@ def failure(exc: BaseException) -> DistributedFailure:
 def is_collective_failure(exc: BaseException) -> bool:
     """True for the errors a dead or timed-out peer raises inside DDP or a collective."""
     return isinstance(exc, dist.DistError) or (
-        isinstance(exc, RuntimeError) and any(word in str(exc) for word in ("gloo", "NCCL", "Connection closed", "Timed out"))
+        isinstance(exc, RuntimeError)
+        and any(word in str(exc) for word in ("gloo", "NCCL", "Connection closed", "Timed out"))
     )
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 
@@ -21,7 +22,13 @@ from .config import PRECISIONS
 from .errors import CheckpointError, UsageError
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-SCALER_KEYS = {"scale": float, "growth_factor": float, "backoff_factor": float, "growth_interval": int, "_growth_tracker": int}
+SCALER_KEYS = {
+    "scale": float,
+    "growth_factor": float,
+    "backoff_factor": float,
+    "growth_interval": int,
+    "_growth_tracker": int,
+}
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -36,7 +43,9 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name == "auto":
         return "bf16" if cuda_bf16 else "fp32"
     if name != "fp32" and device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--precision {name} is supported on CPU and CUDA only (not tested on {device.type}); use fp32")
+        raise UsageError(
+            f"--precision {name} is supported on CPU and CUDA only (not tested on {device.type}); use fp32"
+        )
     if name == "bf16" and device.type == "cuda" and not cuda_bf16:
         raise UsageError("--precision bf16: this GPU has no bf16 support; use fp16 or fp32")
     return name
@@ -49,7 +58,7 @@ class Precision:
     name: str = "fp32"
     device_type: str = "cpu"
 
-    def autocast(self) -> ContextManager[Any]:
+    def autocast(self) -> AbstractContextManager[Any]:
         """The context G and D forwards run in (nothing for fp32)."""
         dtype = DTYPES[self.name]
         if dtype is None:
@@ -61,7 +70,9 @@ class Precision:
         return torch.amp.GradScaler(self.device_type) if self.name == "fp16" else None
 
 
-def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+def backward_and_step(
+    loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None
+) -> None:
     """loss.backward() and optimizer.step(), through the scaler when there is one.
 
     With the fused Adam the scaler hands its scale and inf flag to the kernel: no host sync per step.
@@ -89,9 +100,16 @@ def load_scaler_metadata(scaler: torch.amp.GradScaler, text: str, where: str) ->
         state = json.loads(text)
     except (json.JSONDecodeError, RecursionError):
         state = None
-    valid = isinstance(state, dict) and set(state) == set(SCALER_KEYS) and all(
-        isinstance(state[key], (int, float)) and not isinstance(state[key], bool) and math.isfinite(state[key]) and state[key] >= 0
-        for key in SCALER_KEYS
+    valid = (
+        isinstance(state, dict)
+        and set(state) == set(SCALER_KEYS)
+        and all(
+            isinstance(state[key], (int, float))
+            and not isinstance(state[key], bool)
+            and math.isfinite(state[key])
+            and state[key] >= 0
+            for key in SCALER_KEYS
+        )
     )
     if not valid:
         raise CheckpointError(f"{where}: the fp16 loss-scaler state in its metadata is damaged")

@@ -1,4 +1,4 @@
-"""Training: hinge loss, Adam (TTUR-capable), EMA generator, exact resume.
+"""Training: the registered GAN loss (hinge by default), Adam (TTUR-capable), EMA generator, exact resume.
 
 Every random draw of a step comes from a generator seeded by (seed, step), and
 the data order of an epoch from (seed, epoch), so a resumed run needs no RNG
@@ -19,19 +19,18 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 
 from . import distributed
 from .checkpoint import load_module_state, load_optimizer_state, read_checkpoint_info, save_checkpoint
 from .config import TrainConfig
 from .data import ImageData, to_model_range
-from .errors import DivergenceError, Interrupted, UsageError
-from .errors import EXIT_SIGINT, EXIT_SIGTERM
+from .errors import EXIT_SIGINT, EXIT_SIGTERM, DivergenceError, Interrupted, UsageError
+from .images import make_grid
+from .losses import get_loss
 from .model import Discriminator, Generator, attention_gammas
 from .precision import Precision, backward_and_step, load_scaler_metadata, resolve_precision, scaler_metadata
 from .rundir import RunDir
 from .runtime import preferred_memory_format
-from .images import make_grid
 from .sampling import generate, sample_latents
 
 STREAM_LATENTS = 0  # a step's latents, then its fake labels, come from this stream
@@ -106,8 +105,8 @@ def build_state(config: TrainConfig, device: torch.device) -> TrainState:
     """Fresh models and optimizers, initialised from the run's seed."""
     torch.manual_seed(config.seed)
     memory_format = preferred_memory_format(device)
-    generator = Generator(config.model).to(device, memory_format=memory_format)
-    discriminator = Discriminator(config.model).to(device, memory_format=memory_format)
+    generator = Generator(config.model).to(device).to(memory_format=memory_format)
+    discriminator = Discriminator(config.model).to(device).to(memory_format=memory_format)
     generator_ema = copy.deepcopy(generator).eval().requires_grad_(False) if config.ema else None
     optimizer_g = _adam(generator, config.lr_g, config, device)
     optimizer_d = _adam(discriminator, config.lr_d, config, device)
@@ -193,9 +192,10 @@ def restore_state(state: TrainState, checkpoint: Path) -> None:
 @torch.no_grad()
 def update_ema(ema: Generator, model: Generator, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model for parameters; buffers (BN stats, SN vectors) copied."""
-    ema_params, params = list(ema.parameters()), list(model.parameters())
+    ema_params: list[torch.Tensor] = list(ema.parameters())
+    params: list[torch.Tensor] = list(model.parameters())
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
         ema_buffer.copy_(buffer)
 
 
@@ -206,8 +206,10 @@ def ema_decay_at(step: int, config: TrainConfig) -> float:
     return min(config.ema_decay, (1.0 + step) / (10.0 + step))
 
 
-def train_step(state: TrainState, data: ImageData, config: TrainConfig, device: torch.device) -> dict[str, torch.Tensor]:
-    """One iteration: d_steps discriminator updates, then one generator update, hinge loss.
+def train_step(
+    state: TrainState, data: ImageData, config: TrainConfig, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """One iteration: d_steps discriminator updates, then one generator update, with the run's loss.
 
     Under torchrun this rank computes its slice of the global batch (B/world images and latents);
     DDP averages the gradients, which equals the gradient of the global batch's mean loss.
@@ -215,30 +217,35 @@ def train_step(state: TrainState, data: ImageData, config: TrainConfig, device: 
     setup = state.setup or StepSetup(state.generator, state.discriminator)
     G, D = setup.generator, setup.discriminator  # DDP wrappers under torchrun
     model = config.model
+    loss = get_loss(config.loss)
     memory_format = preferred_memory_format(device)
-    conditional = model.num_classes > 0
+    all_labels = data.labels if model.num_classes > 0 else None  # (N,); check_training_data ensured them
     shard = setup.world.shard(config.batch_size)
     n = shard.stop - shard.start  # this rank's images per batch
     for d_step in range(config.d_steps):
         indices = batch_indices(state.step * config.d_steps + d_step, len(data), config.batch_size, config.seed)[shard]
         real = to_model_range(data.images[indices]).to(device, memory_format=memory_format)  # (n, C, S, S)
-        real_labels = data.labels[indices].to(device) if conditional else None
+        real_labels = None if all_labels is None else all_labels[indices].to(device)
         rng = step_generator(config.seed, state.step * config.d_steps + d_step, STREAM_LATENTS)
         # The global batch's latents, then this rank's rows: the same fakes whatever the world size.
         z = torch.randn(config.batch_size, model.z_dim, generator=rng)[shard].to(device)  # (n, z_dim)
         fake_labels = (
-            torch.randint(model.num_classes, (config.batch_size,), generator=rng)[shard].to(device) if conditional else None
+            None
+            if all_labels is None
+            else torch.randint(model.num_classes, (config.batch_size,), generator=rng)[shard].to(device)
         )
-        # The last D step's fakes are kept with their graph and reused for the G step: G has not
-        # changed since, so this is the same computation as a fresh forward, done once.
+        # The last D step's fakes are kept with their graph and reused for the G step: G's weights
+        # have not changed since, so this saves a forward. It is not bit-exact with a fresh forward:
+        # that one would advance G's spectral-norm power iteration once more and update G's
+        # BatchNorm running statistics again (and see a new BN batch in train mode).
         keep_graph = d_step == config.d_steps - 1
         with torch.set_grad_enabled(keep_graph), setup.precision.autocast():
             fake = G(z, fake_labels)  # (n, C, S, S)
-        labels = torch.cat([real_labels, fake_labels]) if conditional else None
+        labels = None if real_labels is None or fake_labels is None else torch.cat([real_labels, fake_labels])
         with setup.precision.autocast():
             scores = D(torch.cat([real, fake.detach().to(real.dtype)]), labels).float()  # (2n,): one D pass for both
         d_real, d_fake = scores[:n], scores[n:]
-        loss_d = F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean()
+        loss_d = loss.discriminator(d_real, d_fake)
         state.optimizer_d.zero_grad(set_to_none=True)
         backward_and_step(loss_d, state.optimizer_d, setup.scaler_d)
 
@@ -246,7 +253,8 @@ def train_step(state: TrainState, data: ImageData, config: TrainConfig, device: 
     # not, or DDP would reduce them outside its D step); gradients flow through D into G's DDP.
     state.discriminator.requires_grad_(False)  # the G step needs gradients w.r.t. D's input only
     with setup.precision.autocast():
-        loss_g = -state.discriminator(fake, fake_labels).float().mean()
+        scores_g = state.discriminator(fake, fake_labels).float()  # (n,)
+    loss_g = loss.generator(scores_g)
     state.optimizer_g.zero_grad(set_to_none=True)
     backward_and_step(loss_g, state.optimizer_g, setup.scaler_g)
     state.discriminator.requires_grad_(True)
@@ -262,32 +270,66 @@ def train_step(state: TrainState, data: ImageData, config: TrainConfig, device: 
     }
 
 
-def _agree_on_step(losses: dict[str, torch.Tensor], stop: StopFlag, world: distributed.World) -> tuple[dict[str, torch.Tensor], bool]:
-    """The global batch's losses (mean over ranks) and whether every rank stops after this step.
+class RankAgreement:
+    """Under torchrun: the losses averaged over ranks, and a stop decision every rank takes at the same step.
 
-    One small all-reduce per step under torchrun (none in one process): every rank then makes the
-    same divergence and stop decisions at the same step, whichever rank saw the NaN or the signal.
-    The stop decision is taken here, once: a signal arriving later counts from the next step.
+    One small all-reduce per step carries the losses and this rank's stop flag. The flag is read
+    one step late, after the next step is queued, so waiting for it does not drain the device queue
+    every step: a signal seen during step k stops every rank after step k+1, whichever rank saw it.
+    In one process the losses pass through and a signal stops after the current step, as before.
     """
-    stopping = stop.signal_number is not None
-    if not world.distributed:
-        return losses, stopping
-    values = torch.stack([value.float() for value in losses.values()])
-    flag = torch.ones(1, device=values.device) if stopping else torch.zeros(1, device=values.device)
-    summed = distributed.agree(torch.cat([values, flag])).cpu()  # the step's one host sync, as _check_finite's
-    means = summed[:-1] / world.world_size
-    return dict(zip(losses, means.unbind())), bool(summed[-1] > 0)
+
+    def __init__(self, world: distributed.World) -> None:
+        self.world = world
+        self.pending: torch.Tensor | None = None  # the previous step's summed stop flags
+
+    def __call__(self, losses: dict[str, torch.Tensor], stop: StopFlag) -> tuple[dict[str, torch.Tensor], bool]:
+        requested = stop.signal_number is not None
+        if not self.world.distributed:
+            return losses, requested
+        values = torch.stack([value.float() for value in losses.values()])  # (L,)
+        flag = torch.full((1,), float(requested), device=values.device)
+        summed = distributed.agree(torch.cat([values, flag]))  # (L+1,), on the device
+        stopping = self.pending is not None and bool(self.pending > 0)
+        self.pending = summed[-1]
+        means = summed[:-1] / self.world.world_size
+        return dict(zip(losses, means.unbind(), strict=True)), stopping
 
 
-def _check_finite(state: TrainState, losses: dict[str, torch.Tensor], last_checkpoint: Path | None) -> None:
-    if bool(torch.isfinite(torch.stack(list(losses.values()))).all()):
-        return
-    values = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
-    kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was saved yet"
-    raise DivergenceError(
-        f"training diverged at step {state.step}: non-finite loss ({values}); {kept}; "
-        "try lower learning rates (--lr-g/--lr-d)"
-    )
+class FiniteWatch:
+    """Remembers, on the device, the first step whose losses were not finite.
+
+    `update` runs every step without a host sync (a sync per step stalls CUDA/MPS queues); `check`
+    reads the flag back (one sync) and runs only at log, preview and checkpoint steps, so nothing
+    non-finite is logged, drawn or saved, and the error still names the step it began.
+    """
+
+    def __init__(self) -> None:
+        self.first_bad: torch.Tensor | None = None  # int64 scalar on the device, -1 while all is finite
+        self.losses: dict[str, torch.Tensor] = {}
+
+    def update(self, step: int, losses: dict[str, torch.Tensor]) -> None:
+        """Record this step's losses (device tensors); no host sync."""
+        stacked = torch.stack(list(losses.values()))  # (L,)
+        if self.first_bad is None:
+            self.first_bad = torch.full((), -1, dtype=torch.int64, device=stacked.device)
+        newly_bad = (self.first_bad < 0) & ~torch.isfinite(stacked).all()
+        self.first_bad.masked_fill_(newly_bad, step)
+        self.losses = losses
+
+    def check(self, last_checkpoint: Path | None) -> None:
+        """Raise DivergenceError naming the first non-finite step, if there was one (one host sync)."""
+        if self.first_bad is None:
+            return
+        bad_step = int(self.first_bad)
+        if bad_step < 0:
+            return
+        values = ", ".join(f"{k}={float(v):.4g}" for k, v in self.losses.items())
+        kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was saved yet"
+        raise DivergenceError(
+            f"training diverged at step {bad_step}: non-finite loss (now {values}); {kept}; "
+            "try lower learning rates (--lr-g/--lr-d)"
+        )
 
 
 def weights_are_finite(*modules: torch.nn.Module | None) -> bool:
@@ -302,15 +344,15 @@ def preview_grid(state: TrainState, config: TrainConfig) -> torch.Tensor:
     was_training = generator.training
     generator.eval()
     latents = sample_latents(PREVIEW_SAMPLES, config.model.z_dim, config.seed)
-    labels = (
-        torch.arange(PREVIEW_SAMPLES) % config.model.num_classes if config.model.num_classes else None
-    )
+    labels = torch.arange(PREVIEW_SAMPLES) % config.model.num_classes if config.model.num_classes else None
     images = generate(generator, latents, labels)
     generator.train(was_training)
     return make_grid(images, nrow=8)
 
 
-def save_training_checkpoint(state: TrainState, config: TrainConfig, run: RunDir, name: str, data: ImageData) -> Path | None:
+def save_training_checkpoint(
+    state: TrainState, config: TrainConfig, run: RunDir, name: str, data: ImageData
+) -> Path | None:
     """Write a full checkpoint (after checking the weights are finite); None when this rank does not write.
 
     Every rank calls this at the same step (the replica check is a collective); rank 0 writes the
@@ -375,7 +417,9 @@ def train(
         reporter.log(f"resuming {run.path} from step {state.step} ({resume_from.name})")
     if setup.world.distributed:
         per_rank = config.batch_size // setup.world.world_size
-        reporter.log(f"{setup.world.world_size} processes: global batch {config.batch_size} = {setup.world.world_size} x {per_rank}")
+        reporter.log(
+            f"{setup.world.world_size} processes: global batch {config.batch_size} = {setup.world.world_size} x {per_rank}"
+        )
     if setup.precision.name != "fp32":
         reporter.log(f"precision {setup.precision.name} (autocast; weights and checkpoints stay fp32)")
     state.generator.train()
@@ -405,23 +449,34 @@ def _train_loop(
 ) -> Path | None:
     """The step loop of `train`: log, preview, checkpoint; stop cleanly on a signal, loudly on divergence."""
     window_start, window_steps = time.perf_counter(), 0
-    world = state.setup.world if state.setup else distributed.World()
+    agree = RankAgreement(state.setup.world if state.setup else distributed.World())
     saved_step = state.step if last_checkpoint is not None else None
+    watch = FiniteWatch()
     try:
         while state.step < config.max_steps:
             step_start = time.perf_counter()
-            losses = train_step(state, data, config, device)
-            losses, stopping = _agree_on_step(losses, stop, world)
-            _check_finite(state, losses, last_checkpoint)
+            losses, stopping = agree(train_step(state, data, config, device), stop)  # global-batch losses
+            watch.update(state.step, losses)
             state.train_seconds += time.perf_counter() - step_start
             window_steps += 1
+            last = state.step == config.max_steps
+            if (
+                last
+                or stopping
+                or any(state.step % every == 0 for every in (config.log_every, config.sample_every, config.save_every))
+            ):
+                watch.check(last_checkpoint)  # before anything is logged, drawn or saved
             if state.step % config.log_every == 0 or state.step == config.max_steps:
                 now = time.perf_counter()
                 stats = {k: float(v) for k, v in losses.items()}
-                stats["images_per_second"] = window_steps * config.batch_size * config.d_steps / max(now - window_start, 1e-9)
+                stats["images_per_second"] = (
+                    window_steps * config.batch_size * config.d_steps / max(now - window_start, 1e-9)
+                )
                 gammas = {f"gamma_g{k}": v for k, v in attention_gammas(state.generator).items()}
                 gammas.update({f"gamma_d{k}": v for k, v in attention_gammas(state.discriminator).items()})
-                run.append_metrics({"step": state.step, "train_seconds": round(state.train_seconds, 3), **stats, **gammas})
+                run.append_metrics(
+                    {"step": state.step, "train_seconds": round(state.train_seconds, 3), **stats, **gammas}
+                )
                 reporter.step(state.step, {**stats, **gammas})
                 window_start, window_steps = now, 0
             if run.enabled and (state.step % config.sample_every == 0 or state.step == config.max_steps):
@@ -445,5 +500,7 @@ def _train_loop(
             run.prune_checkpoints(config.keep)
         code = EXIT_SIGINT if stop.signal_number == signal.SIGINT else EXIT_SIGTERM
         saved = f"saved {last_checkpoint}" if last_checkpoint else "the main process saved a checkpoint"
-        raise Interrupted(f"stopped at step {state.step}; {saved}; continue with: sagan train --resume {run.path}", code)
+        raise Interrupted(
+            f"stopped at step {state.step}; {saved}; continue with: sagan train --resume {run.path}", code
+        )
     return save_training_checkpoint(state, config, run, "final", data)

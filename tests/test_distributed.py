@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY_TRAIN_FLAGS, run_cli
 from safetensors.torch import load_file
 
 from sagan_cli.checkpoint import read_checkpoint_info
-from conftest import TINY_TRAIN_FLAGS, run_cli
 
 DDP_FLAGS = [*TINY_TRAIN_FLAGS, "--device", "cpu"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
@@ -23,8 +23,18 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).re
 
 def torchrun(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """`torchrun --standalone --nproc-per-node 2 -m sagan_cli train ARGS` (a free port each time)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "sagan_cli", "train", *map(str, args)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "sagan_cli",
+        "train",
+        *map(str, args),
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=ENV)
 
 
@@ -81,7 +91,9 @@ def test_same_command_and_world_size_give_the_same_weights(ddp_run, tmp_path) ->
     run, _ = ddp_run
     again = torchrun(*DDP_FLAGS, "--out", tmp_path, "--name", "ddp")
     assert again.returncode == 0, again.stderr
-    assert same_tensors(tmp_path / "ddp" / "checkpoints" / "final.safetensors", run / "checkpoints" / "final.safetensors")
+    assert same_tensors(
+        tmp_path / "ddp" / "checkpoints" / "final.safetensors", run / "checkpoints" / "final.safetensors"
+    )
 
 
 def test_torchrun_resumes_a_single_process_run(tiny_run, tmp_path) -> None:
@@ -127,14 +139,25 @@ def start_ranks(tmp_path: Path, timeout: int) -> list[subprocess.Popen[str]]:
     port = free_port()
     processes = []
     for rank in range(2):
-        env = {**ENV, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        env = {
+            **ENV,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
         flags = [*DDP_FLAGS, "--max-steps", "100000", "--log-every", "1", "--dist-timeout", str(timeout)]
         stderr = (tmp_path / f"rank{rank}.log").open("w")
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "sagan_cli", "train", *flags, "--out", str(tmp_path), "--name", "run"],
-            env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
-        ))
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "sagan_cli", "train", *flags, "--out", str(tmp_path), "--name", "run"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                text=True,
+            )
+        )
     return processes
 
 
@@ -168,9 +191,28 @@ def test_a_failed_rank_makes_the_other_exit_with_one_line_not_hang(tmp_path, fai
 
 
 def test_sigterm_to_torchrun_saves_once_at_a_step_every_rank_agreed_on(tmp_path) -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "sagan_cli", "train", *DDP_FLAGS, "--max-steps", "100000", "--log-every", "1",
-               "--save-every", "100000", "--out", str(tmp_path), "--name", "run"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "sagan_cli",
+        "train",
+        *DDP_FLAGS,
+        "--max-steps",
+        "100000",
+        "--log-every",
+        "1",
+        "--save-every",
+        "100000",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "run",
+    ]
     log = tmp_path / "torchrun.log"
     with log.open("w") as stderr:
         launcher = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
