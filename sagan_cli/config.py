@@ -77,10 +77,11 @@ class TrainConfig:
         """Plain JSON-able dict (model config nested)."""
         data = asdict(self)
         data["model"] = json.loads(self.model.to_json())
-        if data["loss"] == DEFAULT_LOSS:
-            # Written only when it is not the default: configs and checkpoints of hinge runs stay
-            # exactly what 0.1/0.2.0 wrote, and those versions can still read them.
-            del data["loss"]
+        for key in NEWER_KEYS:
+            # Written only when not the default: configs and checkpoints of hinge, fp32-or-auto,
+            # single-setting runs stay exactly what 0.1/0.2.0 wrote, and those versions can still read them.
+            if data[key] == getattr(DEFAULTS, key):
+                del data[key]
         return data
 
     def to_json(self) -> str:
@@ -137,6 +138,10 @@ class TrainConfig:
     def with_overrides(self, **changes: Any) -> TrainConfig:
         """A copy with some fields replaced."""
         return replace(self, **changes)
+
+
+DEFAULTS = TrainConfig()
+NEWER_KEYS = ("loss", "precision", "sync_bn", "dist_timeout")  # fields 0.2.0 did not know
 
 
 def check_field_types(cls: type, data: dict[str, Any]) -> None:

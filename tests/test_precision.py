@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import torch
@@ -74,3 +75,12 @@ def test_attention_softmax_runs_in_fp32_under_autocast() -> None:
         output = block(x)
     assert torch.isfinite(weights).all() and torch.allclose(weights.sum(dim=(1, 2)), torch.ones(2))
     assert torch.isfinite(output).all()
+
+
+def test_default_runs_write_no_key_an_earlier_sagan_would_refuse(tiny_run, tmp_path) -> None:
+    # 0.2.0 refuses unknown config keys: runs with default precision/sync-bn/timeout must not write them.
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert not {"precision", "sync_bn", "dist_timeout"} & set(config)
+    result = run_cli("train", *TINY_TRAIN_FLAGS, "--precision", "bf16", "--out", tmp_path, "--name", "b")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["precision"] == "bf16"
