@@ -200,6 +200,17 @@ def guarded(collective, *args, **kwargs):
         raise failure(exc) from None
 
 
+@contextlib.contextmanager
+def failures_as_errors() -> Iterator[None]:
+    """Inside the block, a collective that fails because a peer died or hung (inside DDP too) becomes one DistributedFailure line."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if current_world().distributed and is_collective_failure(exc):
+            raise failure(exc) from None
+        raise
+
+
 def failure(exc: BaseException) -> DistributedFailure:
     """The one-line error for a collective that failed because another rank did."""
     return DistributedFailure(f"another training process failed or stopped responding ({_first_line(exc)})")

@@ -409,7 +409,8 @@ def train(
     """
     distributed.check_global_batch(config.batch_size, distributed.current_world())
     state = build_state(config, device)
-    setup = prepare_step(state, config, device)
+    with distributed.failures_as_errors():  # a peer that died: one line, not DDP's traceback
+        setup = prepare_step(state, config, device)  # DDP broadcasts rank 0's weights here
     if resume_from is not None:
         restore_state(state, resume_from)
         run.rewind(state.step)
@@ -428,11 +429,8 @@ def train(
     last_checkpoint = resume_from
     reporter.start(config.max_steps, state.step)
     try:
-        return _train_loop(state, config, data, run, device, reporter, stop, last_checkpoint)
-    except RuntimeError as exc:  # a peer died or hung: one line, not DDP's traceback
-        if setup.world.distributed and distributed.is_collective_failure(exc):
-            raise distributed.failure(exc) from None
-        raise
+        with distributed.failures_as_errors():
+            return _train_loop(state, config, data, run, device, reporter, stop, last_checkpoint)
     finally:
         reporter.close()  # also on divergence or interruption: a live progress bar must not outlive the run
 
