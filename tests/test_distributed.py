@@ -229,3 +229,47 @@ def test_sigterm_to_torchrun_saves_once_at_a_step_every_rank_agreed_on(tmp_path)
     step = read_checkpoint_info(saved[0]).step
     assert f"error: stopped at step {step}; saved {saved[0]}" in text  # rank 0, at the step it saved
     assert "(rank 1)" not in text and text.count("saving a checkpoint after this step") == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("sync_bn", ["--no-sync-bn", "--sync-bn"])
+def test_torchrun_on_cuda_uses_nccl_and_auto_precision(tmp_path, sync_bn) -> None:
+    # Runs only where CUDA exists (never on the development machine): NCCL, cuda:LOCAL_RANK, autocast.
+    import torch
+
+    processes = min(2, torch.cuda.device_count())
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(processes),
+        "-m",
+        "sagan_cli",
+        "train",
+        *TINY_TRAIN_FLAGS,
+        "--device",
+        "cuda",
+        sync_bn,
+        "--out",
+        str(tmp_path),
+        "--name",
+        "cuda",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ENV)
+    assert result.returncode == 0, result.stderr
+    info = read_checkpoint_info(tmp_path / "cuda" / "checkpoints" / "final.safetensors")
+    assert info.metadata["world_size"] == str(processes)
+    assert info.metadata["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+    sampled = run_cli(
+        "sample",
+        tmp_path / "cuda" / "checkpoints" / "final.safetensors",
+        "-n",
+        "4",
+        "--device",
+        "cpu",
+        "-o",
+        tmp_path / "grid.png",
+    )
+    assert sampled.exit_code == 0, sampled.stderr
