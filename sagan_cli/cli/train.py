@@ -6,7 +6,7 @@ import signal
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -15,6 +15,12 @@ from ..data import DATASETS
 from ..errors import Interrupted, UsageError
 from ..model import SUPPORTED_IMAGE_SIZES, ModelConfig, default_attention_resolutions, default_d_width
 from ..rundir import RUNS_ROOT
+
+if TYPE_CHECKING:  # annotations only: `sagan train --help` should not import torch's training stack
+    import torch
+
+    from ..runs import RunPlan
+    from ..train import Reporter
 
 DEFAULTS = TrainConfig()
 MODEL_DEFAULTS = ModelConfig()
@@ -171,7 +177,9 @@ def train(
         _load_and_train(plan, writer, torch_device, reporter, world.distributed)
 
 
-def _load_and_train(plan: Any, writer: bool, torch_device: Any, reporter: Any, distributed_run: bool) -> None:
+def _load_and_train(
+    plan: RunPlan, writer: bool, torch_device: torch.device, reporter: Reporter, distributed_run: bool
+) -> None:
     """Load the data, open the run, train under the signal handlers; print the final checkpoint."""
     from ..data import load_dataset
     from ..runs import open_run
