@@ -169,7 +169,9 @@ def wait_for_training(log: Path, processes: list[subprocess.Popen[str]], limit: 
         time.sleep(0.5)
 
 
-@pytest.mark.parametrize("failure", ["killed", "hung"])
+@pytest.mark.parametrize(
+    "failure", ["killed", pytest.param("hung", marks=pytest.mark.slow)]
+)  # hung: waits out a 15 s timeout
 def test_a_failed_rank_makes_the_other_exit_with_one_line_not_hang(tmp_path, failure) -> None:
     timeout = 15
     processes = start_ranks(tmp_path, timeout)
