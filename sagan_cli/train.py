@@ -29,9 +29,10 @@ from .images import make_grid
 from .losses import get_loss
 from .model import Discriminator, Generator, attention_gammas
 from .precision import Precision, backward_and_step, load_scaler_metadata, resolve_precision, scaler_metadata
-from .rundir import RunDir
+from .rundir import BEST_NAME, RunDir
 from .runtime import preferred_memory_format
 from .sampling import generate, sample_latents
+from .train_hooks import TrainingHooks, build_hooks
 
 STREAM_LATENTS = 0  # a step's latents, then its fake labels, come from this stream
 PREVIEW_SAMPLES = 64
@@ -351,14 +352,23 @@ def preview_grid(state: TrainState, config: TrainConfig) -> torch.Tensor:
 
 
 def save_training_checkpoint(
-    state: TrainState, config: TrainConfig, run: RunDir, name: str, data: ImageData
+    state: TrainState,
+    config: TrainConfig,
+    run: RunDir,
+    name: str,
+    data: ImageData,
+    extra_metadata: dict[str, str] | None = None,
+    every_rank: bool = True,
 ) -> Path | None:
     """Write a full checkpoint (after checking the weights are finite); None when this rank does not write.
 
-    Every rank calls this at the same step (the replica check is a collective); rank 0 writes the
-    unwrapped models, so the file is the same format whatever the number of processes.
+    Rank 0 writes the unwrapped models, so the file is the same format whatever the number of
+    processes. With every_rank (periodic, final and signal saves) all ranks call this at the same
+    step and first check that they hold the same weights (a collective); best.safetensors is saved
+    by rank 0 alone, after its evaluation, without that check.
     """
-    distributed.check_replicas_agree(state.generator, state.discriminator)
+    if every_rank:
+        distributed.check_replicas_agree(state.generator, state.discriminator)
     setup = state.setup or StepSetup(state.generator, state.discriminator)
     extra = {
         "data_source": data.source,
@@ -389,7 +399,7 @@ def save_training_checkpoint(
             discriminator=state.discriminator,
             optimizer_g=state.optimizer_g,
             optimizer_d=state.optimizer_d,
-            extra_metadata=extra,
+            extra_metadata={**extra, **(extra_metadata or {})},
         ),
     )
 
@@ -427,12 +437,19 @@ def train(
     state.discriminator.train()
     stop = stop or StopFlag()
     last_checkpoint = resume_from
+
+    # Evaluation and TensorBoard, as asked for; best.safetensors is a full checkpoint like the others.
+    def save_best(metadata: dict[str, str]) -> Path | None:
+        return save_training_checkpoint(state, config, run, BEST_NAME, data, metadata, every_rank=False)
+
+    hooks = build_hooks(config, data, run, state.step, reporter.log, save_best)
     reporter.start(config.max_steps, state.step)
     try:
         with distributed.failures_as_errors():
-            return _train_loop(state, config, data, run, device, reporter, stop, last_checkpoint)
+            return _train_loop(state, config, data, run, device, reporter, stop, last_checkpoint, hooks)
     finally:
         reporter.close()  # also on divergence or interruption: a live progress bar must not outlive the run
+        hooks.close()
 
 
 def _train_loop(
@@ -444,6 +461,7 @@ def _train_loop(
     reporter: Reporter,
     stop: StopFlag,
     last_checkpoint: Path | None,
+    hooks: TrainingHooks,
 ) -> Path | None:
     """The step loop of `train`: log, preview, checkpoint; stop cleanly on a signal, loudly on divergence."""
     window_start, window_steps = time.perf_counter(), 0
@@ -461,9 +479,11 @@ def _train_loop(
             if (
                 last
                 or stopping
+                or hooks.due(state.step)
                 or any(state.step % every == 0 for every in (config.log_every, config.sample_every, config.save_every))
             ):
-                watch.check(last_checkpoint)  # before anything is logged, drawn or saved
+                watch.check(last_checkpoint)  # before anything is logged, drawn, scored or saved
+            logged, grid = None, None
             if state.step % config.log_every == 0 or state.step == config.max_steps:
                 now = time.perf_counter()
                 stats = {k: float(v) for k, v in losses.items()}
@@ -472,15 +492,18 @@ def _train_loop(
                 )
                 gammas = {f"gamma_g{k}": v for k, v in attention_gammas(state.generator).items()}
                 gammas.update({f"gamma_d{k}": v for k, v in attention_gammas(state.discriminator).items()})
-                run.append_metrics(
-                    {"step": state.step, "train_seconds": round(state.train_seconds, 3), **stats, **gammas}
-                )
+                logged = {"step": state.step, "train_seconds": round(state.train_seconds, 3), **stats, **gammas}
+                run.append_metrics(logged)
                 reporter.step(state.step, {**stats, **gammas})
                 window_start, window_steps = now, 0
             if run.enabled and (state.step % config.sample_every == 0 or state.step == config.max_steps):
-                run.write_sample_grid(
-                    state.step, preview_grid(state, config), {"step": str(state.step), "seed": str(config.seed)}
-                )
+                grid = preview_grid(state, config)
+                run.write_sample_grid(state.step, grid, {"step": str(state.step), "seed": str(config.seed)})
+            hooks_start = time.perf_counter()
+            hooks.after_step(
+                state.step, state.generator if state.generator_ema is None else state.generator_ema, logged, grid
+            )
+            window_start += time.perf_counter() - hooks_start  # evaluation is not training: kept out of images/s
             if state.step % config.save_every == 0 and state.step < config.max_steps:
                 last_checkpoint = save_training_checkpoint(state, config, run, run.step_name(state.step), data)
                 saved_step = state.step
