@@ -27,6 +27,9 @@ RESUMABLE_OVERRIDES = frozenset(
         "eval_every",
         "eval_samples",
         "tensorboard",
+        "precision",
+        "sync_bn",
+        "dist_timeout",
     }
 )
 # Keys that configs written by earlier versions may hold; they are dropped on reading so old runs and
@@ -34,8 +37,9 @@ RESUMABLE_OVERRIDES = frozenset(
 # never were loader workers, and no flag ever set it).
 RETIRED_KEYS = frozenset({"num_workers"})
 # Keys added after 0.1 that runs' files hold only when they differ from the default (TrainConfig.to_dict).
-OMITTED_AT_DEFAULT = ("loss", "eval_every", "eval_samples", "tensorboard")
+OMITTED_AT_DEFAULT = ("loss", "eval_every", "eval_samples", "tensorboard", "precision", "sync_bn", "dist_timeout")
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # --precision; resolved per device in precision.py
 MAX_SEED = 2**32 - 1  # per-step generators are seeded from (seed, step); larger seeds overflow them
 MAX_CONFIG_INT = 2**40  # no count, size or step of a real run comes near this
 
@@ -73,6 +77,9 @@ class TrainConfig:
     eval_every: int = 0  # score the EMA generator with FID / IS every N steps; 0 = never (docs/evaluate.md)
     eval_samples: int = 2000  # generated images per evaluation (the reference takes as many, or all it has)
     tensorboard: bool = False  # also write TensorBoard event files into the run directory
+    precision: str = "auto"  # fp32 on CPU and MPS, bf16 on CUDA GPUs that have it (precision.resolve_precision)
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics of G over each rank's shard (docs/scaling.md)
+    dist_timeout: int = 600  # seconds a collective waits for a silent peer before every rank gives up
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def to_dict(self, every_key: bool = False) -> dict[str, Any]:
@@ -135,6 +142,10 @@ class TrainConfig:
             raise UsageError(f"--eval-samples must be at least 2, got {self.eval_samples}")
         check_seed(self.seed)
         get_loss(self.loss)
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if not 1 <= self.dist_timeout <= MAX_CONFIG_INT:
+            raise UsageError(f"--dist-timeout must be at least 1 second, got {self.dist_timeout}")
         return self
 
     def with_overrides(self, **changes: Any) -> TrainConfig:

@@ -9,6 +9,7 @@ and self-attention blocks whose gate gamma starts at 0.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from dataclasses import asdict, dataclass, field, fields
@@ -16,7 +17,8 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm
 
 # Bottom (first) feature-map size of G / last of D for each supported image size.
 # 28 = 7 * 2^2 (MNIST native); the others are powers of two over 4x4.
@@ -122,6 +124,36 @@ class ModelConfig:
         return cls(**raw)
 
 
+def full_precision(device_type: str) -> contextlib.AbstractContextManager[None]:
+    """Leave autocast for a numerically delicate step (nothing to leave when autocast is off)."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+class FP32SpectralNorm(_SpectralNorm):
+    """torch's spectral norm, with its power iteration and sigma in fp32 even under autocast.
+
+    In fp16 the normalisation's eps (1e-12) underflows to 0 and sigma loses digits; the weight is
+    fp32 anyway, so this costs two matrix-vector products per layer in fp32. Same buffers (_u, _v)
+    and state_dict keys as torch.nn.utils.parametrizations.spectral_norm.
+    """
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        with full_precision(weight.device.type):
+            return super().forward(weight)
+
+
+def spectral_norm(module: nn.Module) -> nn.Module:
+    """torch.nn.utils.parametrizations.spectral_norm (1 power iteration, dim 0), kept in fp32 under autocast."""
+    # The same construction as torch's function (and the same random draws for u and v), so
+    # weights initialise exactly as before and earlier checkpoints load unchanged.
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor), f"{type(module).__name__} has no weight tensor"
+    parametrize.register_parametrization(module, "weight", FP32SpectralNorm(weight, 1, 0, 1e-12))
+    return module
+
+
 def sn_conv(in_ch: int, out_ch: int, kernel_size: int, padding: int = 0, bias: bool = True) -> nn.Conv2d:
     """A Conv2d with spectral norm on its weight (registered in place; `.weight` is the normalised one)."""
     conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=padding, bias=bias)
@@ -213,15 +245,17 @@ class SelfAttention(nn.Module):
         b, c, h, w = x.shape  # (B, C, H, W)
         q, k, v = self._qkv(x)  # each (B, 1, N, C/8)
         attention = None
-        if self.fused:
-            attended = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # (B, 1, N, C/8)
-        else:
-            attention = (q @ k.transpose(-1, -2)).softmax(dim=-1)  # (B, 1, N, N): row j = beta_j over keys i
-            attended = attention @ v  # (B, 1, N, C/8)
-        if self.capture_weights:  # inspection only (sagan attention): what the fused kernel computes inside
-            if attention is None:
-                attention = (q @ k.transpose(-1, -2)).softmax(dim=-1)  # (B, 1, N, N)
-            self.weights = attention[:, 0].detach()  # (B, N, N)
+        with full_precision(x.device.type):  # softmax over N logits with scale 1: fp32 under autocast too
+            q, k, v = q.float(), k.float(), v.float()
+            if self.fused:
+                attended = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # (B, 1, N, C/8)
+            else:
+                attention = (q @ k.transpose(-1, -2)).softmax(dim=-1)  # (B, 1, N, N): row j = beta_j over keys i
+                attended = attention @ v  # (B, 1, N, C/8)
+            if self.capture_weights:  # inspection only (sagan attention): what the fused kernel computes inside
+                if attention is None:
+                    attention = (q @ k.transpose(-1, -2)).softmax(dim=-1)  # (B, 1, N, N)
+                self.weights = attention[:, 0].detach()  # (B, N, N)
         attended = attended.transpose(-1, -2).reshape(b, self.inner, h, w)  # (B, C/8, H, W)
         return x + self.gamma * self.out(attended)
 

@@ -93,6 +93,24 @@ class RichReporter:
         self.progress.stop()
 
 
-def make_reporter() -> PlainReporter | RichReporter:
-    """Rich on an interactive stderr, plain lines otherwise."""
+class SilentReporter:
+    """What torchrun's ranks other than 0 report: nothing (errors still reach stderr through the CLI)."""
+
+    def start(self, total_steps: int, first_step: int) -> None:
+        pass
+
+    def step(self, step: int, stats: dict[str, float]) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def make_reporter(enabled: bool = True) -> PlainReporter | RichReporter | SilentReporter:
+    """Rich on an interactive stderr, plain lines otherwise, nothing when not enabled."""
+    if not enabled:
+        return SilentReporter()
     return RichReporter() if sys.stderr.isatty() else PlainReporter()

@@ -2,8 +2,10 @@
 
 Every random draw of a step comes from a generator seeded by (seed, step), and
 the data order of an epoch from (seed, epoch), so a resumed run needs no RNG
-state and continues bit for bit. Batches are chosen by dataset index, which
-is what a DistributedSampler-style shard by rank needs later.
+state and continues bit for bit. Batches are chosen by dataset index; under
+torchrun every rank draws the same global batch (indices and latents) and
+computes its contiguous slice of it (distributed.py), so the global batch does
+not depend on the number of processes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Protocol
 
 import torch
 
+from . import distributed
 from .checkpoint import load_module_state, load_optimizer_state, read_checkpoint_info, save_checkpoint
 from .config import TrainConfig
 from .data import ImageData, to_model_range
@@ -25,6 +28,7 @@ from .errors import EXIT_SIGINT, EXIT_SIGTERM, DivergenceError, Interrupted, Usa
 from .images import make_grid
 from .losses import get_loss
 from .model import Discriminator, Generator, attention_gammas
+from .precision import Precision, backward_and_step, load_scaler_metadata, resolve_precision, scaler_metadata
 from .rundir import BEST_NAME, RunDir
 from .runtime import preferred_memory_format
 from .sampling import generate, sample_latents
@@ -54,8 +58,20 @@ class StopFlag:
 
 
 @dataclass
+class StepSetup:
+    """How a step runs: the modules it calls (DDP wrappers under torchrun), this rank, autocast, fp16 scalers."""
+
+    generator: torch.nn.Module
+    discriminator: torch.nn.Module
+    world: distributed.World = distributed.World()
+    precision: Precision = Precision()
+    scaler_g: torch.amp.GradScaler | None = None
+    scaler_d: torch.amp.GradScaler | None = None
+
+
+@dataclass
 class TrainState:
-    """Models, optimizers and counters: everything a checkpoint restores."""
+    """Models, optimizers and counters: everything a checkpoint restores (models never DDP-wrapped)."""
 
     generator: Generator
     discriminator: Discriminator
@@ -64,6 +80,7 @@ class TrainState:
     optimizer_d: torch.optim.Optimizer
     step: int = 0
     train_seconds: float = 0.0
+    setup: StepSetup | None = None  # None: one process, fp32
 
 
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
@@ -95,6 +112,24 @@ def build_state(config: TrainConfig, device: torch.device) -> TrainState:
     optimizer_g = _adam(generator, config.lr_g, config, device)
     optimizer_d = _adam(discriminator, config.lr_d, config, device)
     return TrainState(generator, discriminator, generator_ema, optimizer_g, optimizer_d)
+
+
+def prepare_step(state: TrainState, config: TrainConfig, device: torch.device) -> StepSetup:
+    """Wrap G and D for DDP (SyncBatchNorm in G with config.sync_bn) and make the fp16 scalers; call after restoring."""
+    world = distributed.current_world()
+    generator: torch.nn.Module = state.generator
+    if config.sync_bn and world.distributed:  # same parameter and buffer objects: optimizer and checkpoints unchanged
+        generator = distributed.sync_batchnorm(generator, device)
+    precision = Precision(resolve_precision(config.precision, device), device.type)
+    state.setup = StepSetup(
+        distributed.wrap(generator, device),
+        distributed.wrap(state.discriminator, device),
+        world,
+        precision,
+        precision.scaler(),
+        precision.scaler(),
+    )
+    return state.setup
 
 
 def _adam(module: torch.nn.Module, lr: float, config: TrainConfig, device: torch.device) -> torch.optim.Adam:
@@ -137,7 +172,7 @@ def check_training_data(config: TrainConfig, data: ImageData, resume_from: Path 
 
 
 def restore_state(state: TrainState, checkpoint: Path) -> None:
-    """Load a full training checkpoint into a freshly built state."""
+    """Load a full training checkpoint into a freshly built state (and its fp16 loss scales when training in fp16)."""
     info = read_checkpoint_info(checkpoint)
     if not info.has_training_state:
         raise UsageError(f"{checkpoint} holds no training state (discriminator/optimizers); it cannot be resumed")
@@ -148,6 +183,11 @@ def restore_state(state: TrainState, checkpoint: Path) -> None:
     load_optimizer_state(state.optimizer_g, checkpoint, info, "optimizer_g")
     load_optimizer_state(state.optimizer_d, checkpoint, info, "optimizer_d")
     state.step, state.train_seconds = info.step, info.train_seconds
+    setup = state.setup or StepSetup(state.generator, state.discriminator)
+    for part, scaler in (("g", setup.scaler_g), ("d", setup.scaler_d)):
+        saved = info.metadata.get(f"grad_scaler_{part}")
+        if scaler is not None and saved is not None:
+            load_scaler_metadata(scaler, saved, str(checkpoint))
 
 
 @torch.no_grad()
@@ -170,47 +210,58 @@ def ema_decay_at(step: int, config: TrainConfig) -> float:
 def train_step(
     state: TrainState, data: ImageData, config: TrainConfig, device: torch.device
 ) -> dict[str, torch.Tensor]:
-    """One iteration: d_steps discriminator updates, then one generator update, with the run's loss."""
-    G, D = state.generator, state.discriminator
+    """One iteration: d_steps discriminator updates, then one generator update, with the run's loss.
+
+    Under torchrun this rank computes its slice of the global batch (B/world images and latents);
+    DDP averages the gradients, which equals the gradient of the global batch's mean loss.
+    """
+    setup = state.setup or StepSetup(state.generator, state.discriminator)
+    G, D = setup.generator, setup.discriminator  # DDP wrappers under torchrun
     model = config.model
     loss = get_loss(config.loss)
     memory_format = preferred_memory_format(device)
     all_labels = data.labels if model.num_classes > 0 else None  # (N,); check_training_data ensured them
+    shard = setup.world.shard(config.batch_size)
+    n = shard.stop - shard.start  # this rank's images per batch
     for d_step in range(config.d_steps):
-        indices = batch_indices(state.step * config.d_steps + d_step, len(data), config.batch_size, config.seed)
-        real = to_model_range(data.images[indices]).to(device, memory_format=memory_format)  # (B, C, S, S)
+        indices = batch_indices(state.step * config.d_steps + d_step, len(data), config.batch_size, config.seed)[shard]
+        real = to_model_range(data.images[indices]).to(device, memory_format=memory_format)  # (n, C, S, S)
         real_labels = None if all_labels is None else all_labels[indices].to(device)
         rng = step_generator(config.seed, state.step * config.d_steps + d_step, STREAM_LATENTS)
-        z = torch.randn(config.batch_size, model.z_dim, generator=rng).to(device)
+        # The global batch's latents, then this rank's rows: the same fakes whatever the world size.
+        z = torch.randn(config.batch_size, model.z_dim, generator=rng)[shard].to(device)  # (n, z_dim)
         fake_labels = (
             None
             if all_labels is None
-            else torch.randint(model.num_classes, (config.batch_size,), generator=rng).to(device)
+            else torch.randint(model.num_classes, (config.batch_size,), generator=rng)[shard].to(device)
         )
         # The last D step's fakes are kept with their graph and reused for the G step: G's weights
         # have not changed since, so this saves a forward. It is not bit-exact with a fresh forward:
         # that one would advance G's spectral-norm power iteration once more and update G's
         # BatchNorm running statistics again (and see a new BN batch in train mode).
         keep_graph = d_step == config.d_steps - 1
-        with torch.set_grad_enabled(keep_graph):
-            fake = G(z, fake_labels)  # (B, C, S, S)
+        with torch.set_grad_enabled(keep_graph), setup.precision.autocast():
+            fake = G(z, fake_labels)  # (n, C, S, S)
         labels = None if real_labels is None or fake_labels is None else torch.cat([real_labels, fake_labels])
-        scores = D(torch.cat([real, fake.detach()]), labels)  # (2B,): one D pass for real and fake
-        d_real, d_fake = scores[: config.batch_size], scores[config.batch_size :]
+        with setup.precision.autocast():
+            scores = D(torch.cat([real, fake.detach().to(real.dtype)]), labels).float()  # (2n,): one D pass for both
+        d_real, d_fake = scores[:n], scores[n:]
         loss_d = loss.discriminator(d_real, d_fake)
         state.optimizer_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        state.optimizer_d.step()
+        backward_and_step(loss_d, state.optimizer_d, setup.scaler_d)
 
-    D.requires_grad_(False)  # the G step needs gradients w.r.t. D's input only
-    loss_g = loss.generator(D(fake, fake_labels))
+    # The G step calls D itself, not its DDP wrapper: D's weights get no gradients here (and must
+    # not, or DDP would reduce them outside its D step); gradients flow through D into G's DDP.
+    state.discriminator.requires_grad_(False)  # the G step needs gradients w.r.t. D's input only
+    with setup.precision.autocast():
+        scores_g = state.discriminator(fake, fake_labels).float()  # (n,)
+    loss_g = loss.generator(scores_g)
     state.optimizer_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    state.optimizer_g.step()
-    D.requires_grad_(True)
+    backward_and_step(loss_g, state.optimizer_g, setup.scaler_g)
+    state.discriminator.requires_grad_(True)
 
     if state.generator_ema is not None:
-        update_ema(state.generator_ema, G, ema_decay_at(state.step, config))
+        update_ema(state.generator_ema, state.generator, ema_decay_at(state.step, config))  # the unwrapped G
     state.step += 1
     return {
         "loss_d": loss_d.detach(),
@@ -218,6 +269,32 @@ def train_step(
         "d_real": d_real.detach().mean(),
         "d_fake": d_fake.detach().mean(),
     }
+
+
+class RankAgreement:
+    """Under torchrun: the losses averaged over ranks, and a stop decision every rank takes at the same step.
+
+    One small all-reduce per step carries the losses and this rank's stop flag. The flag is read
+    one step late, after the next step is queued, so waiting for it does not drain the device queue
+    every step: a signal seen during step k stops every rank after step k+1, whichever rank saw it.
+    In one process the losses pass through and a signal stops after the current step, as before.
+    """
+
+    def __init__(self, world: distributed.World) -> None:
+        self.world = world
+        self.pending: torch.Tensor | None = None  # the previous step's summed stop flags
+
+    def __call__(self, losses: dict[str, torch.Tensor], stop: StopFlag) -> tuple[dict[str, torch.Tensor], bool]:
+        requested = stop.signal_number is not None
+        if not self.world.distributed:
+            return losses, requested
+        values = torch.stack([value.float() for value in losses.values()])  # (L,)
+        flag = torch.full((1,), float(requested), device=values.device)
+        summed = distributed.agree(torch.cat([values, flag]))  # (L+1,), on the device
+        stopping = self.pending is not None and bool(self.pending > 0)
+        self.pending = summed[-1]
+        means = summed[:-1] / self.world.world_size
+        return dict(zip(losses, means.unbind(), strict=True)), stopping
 
 
 class FiniteWatch:
@@ -281,8 +358,28 @@ def save_training_checkpoint(
     name: str,
     data: ImageData,
     extra_metadata: dict[str, str] | None = None,
+    every_rank: bool = True,
 ) -> Path | None:
-    """Write a full checkpoint (after checking the weights are finite); None when this rank does not write."""
+    """Write a full checkpoint (after checking the weights are finite); None when this rank does not write.
+
+    Rank 0 writes the unwrapped models, so the file is the same format whatever the number of
+    processes. With every_rank (periodic, final and signal saves) all ranks call this at the same
+    step and first check that they hold the same weights (a collective); best.safetensors is saved
+    by rank 0 alone, after its evaluation, without that check.
+    """
+    if every_rank:
+        distributed.check_replicas_agree(state.generator, state.discriminator)
+    setup = state.setup or StepSetup(state.generator, state.discriminator)
+    extra = {
+        "data_source": data.source,
+        "data_id": data.data_id,
+        "world_size": str(setup.world.world_size),
+        "precision": setup.precision.name,
+    }
+    for part, scaler in (("g", setup.scaler_g), ("d", setup.scaler_d)):
+        saved = scaler_metadata(scaler)
+        if saved is not None:
+            extra[f"grad_scaler_{part}"] = saved
     if not weights_are_finite(state.generator, state.discriminator, state.generator_ema):
         last = run.latest_checkpoint()
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
@@ -302,7 +399,7 @@ def save_training_checkpoint(
             discriminator=state.discriminator,
             optimizer_g=state.optimizer_g,
             optimizer_d=state.optimizer_d,
-            extra_metadata={"data_source": data.source, "data_id": data.data_id, **(extra_metadata or {})},
+            extra_metadata={**extra, **(extra_metadata or {})},
         ),
     )
 
@@ -320,12 +417,22 @@ def train(
 
     `data` must have passed check_training_data (runs.open_run checks it before creating `run`).
     """
+    distributed.check_global_batch(config.batch_size, distributed.current_world())
     state = build_state(config, device)
+    with distributed.failures_as_errors():  # a peer that died: one line, not DDP's traceback
+        setup = prepare_step(state, config, device)  # DDP broadcasts rank 0's weights here
     if resume_from is not None:
         restore_state(state, resume_from)
         run.rewind(state.step)
         run.write_config(config)  # only now: a checkpoint that failed to load leaves config.json as it was
         reporter.log(f"resuming {run.path} from step {state.step} ({resume_from.name})")
+    if setup.world.distributed:
+        per_rank = config.batch_size // setup.world.world_size
+        reporter.log(
+            f"{setup.world.world_size} processes: global batch {config.batch_size} = {setup.world.world_size} x {per_rank}"
+        )
+    if setup.precision.name != "fp32":
+        reporter.log(f"precision {setup.precision.name} (autocast; weights and checkpoints stay fp32)")
     state.generator.train()
     state.discriminator.train()
     stop = stop or StopFlag()
@@ -333,12 +440,13 @@ def train(
 
     # Evaluation and TensorBoard, as asked for; best.safetensors is a full checkpoint like the others.
     def save_best(metadata: dict[str, str]) -> Path | None:
-        return save_training_checkpoint(state, config, run, BEST_NAME, data, metadata)
+        return save_training_checkpoint(state, config, run, BEST_NAME, data, metadata, every_rank=False)
 
     hooks = build_hooks(config, data, run, state.step, reporter.log, save_best)
     reporter.start(config.max_steps, state.step)
     try:
-        return _train_loop(state, config, data, run, device, reporter, stop, last_checkpoint, hooks)
+        with distributed.failures_as_errors():
+            return _train_loop(state, config, data, run, device, reporter, stop, last_checkpoint, hooks)
     finally:
         reporter.close()  # also on divergence or interruption: a live progress bar must not outlive the run
         hooks.close()
@@ -357,19 +465,20 @@ def _train_loop(
 ) -> Path | None:
     """The step loop of `train`: log, preview, checkpoint; stop cleanly on a signal, loudly on divergence."""
     window_start, window_steps = time.perf_counter(), 0
+    agree = RankAgreement(state.setup.world if state.setup else distributed.World())
     saved_step = state.step if last_checkpoint is not None else None
     watch = FiniteWatch()
     try:
         while state.step < config.max_steps:
             step_start = time.perf_counter()
-            losses = train_step(state, data, config, device)
+            losses, stopping = agree(train_step(state, data, config, device), stop)  # global-batch losses
             watch.update(state.step, losses)
             state.train_seconds += time.perf_counter() - step_start
             window_steps += 1
             last = state.step == config.max_steps
             if (
                 last
-                or stop.signal_number is not None
+                or stopping
                 or hooks.due(state.step)
                 or any(state.step % every == 0 for every in (config.log_every, config.sample_every, config.save_every))
             ):
@@ -387,7 +496,7 @@ def _train_loop(
                 run.append_metrics(logged)
                 reporter.step(state.step, {**stats, **gammas})
                 window_start, window_steps = now, 0
-            if state.step % config.sample_every == 0 or state.step == config.max_steps:
+            if run.enabled and (state.step % config.sample_every == 0 or state.step == config.max_steps):
                 grid = preview_grid(state, config)
                 run.write_sample_grid(state.step, grid, {"step": str(state.step), "seed": str(config.seed)})
             hooks_start = time.perf_counter()
@@ -401,7 +510,7 @@ def _train_loop(
                 last_checkpoint = save_training_checkpoint(state, config, run, run.step_name(state.step), data)
                 saved_step = state.step
                 run.prune_checkpoints(config.keep)
-            if stop.signal_number is not None and state.step < config.max_steps:
+            if stopping and state.step < config.max_steps:
                 break  # a signal during the last step changes nothing: the final checkpoint follows
     except KeyboardInterrupt:
         # Raised mid-step (no graceful handler installed, or a second Ctrl-C): the state may be

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from typing import Any
 
 
 def error(message: str) -> None:
-    """Print one human line `error: MESSAGE` to stderr."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    """Print one human line `error: MESSAGE` to stderr (naming the rank on torchrun's other processes)."""
+    rank = os.environ.get("RANK", "0")
+    where = f"(rank {rank}) " if rank != "0" and os.environ.get("WORLD_SIZE", "1") != "1" else ""
+    print(f"error: {where}{message}", file=sys.stderr, flush=True)
 
 
 def log(message: str) -> None:

@@ -6,15 +6,21 @@ import signal
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ..config import TrainConfig
 from ..data import DATASETS
-from ..errors import UsageError
+from ..errors import Interrupted, UsageError
 from ..model import SUPPORTED_IMAGE_SIZES, ModelConfig, default_attention_resolutions, default_d_width
 from ..rundir import RUNS_ROOT
+
+if TYPE_CHECKING:  # annotations only: `sagan train --help` should not import torch's training stack
+    import torch
+
+    from ..runs import RunPlan
+    from ..train import Reporter
 
 DEFAULTS = TrainConfig()
 MODEL_DEFAULTS = ModelConfig()
@@ -120,6 +126,23 @@ def train(
     print_config: bool = typer.Option(
         False, "--print-config", help="Print the resolved configuration as JSON on stdout and exit"
     ),
+    precision: str | None = typer.Option(
+        None,
+        "--precision",
+        help="auto, fp32, bf16 or fp16: the autocast dtype; weights and checkpoints stay fp32 "
+        "(default: auto = bf16 on CUDA GPUs that have it, else fp32)",
+    ),
+    sync_bn: bool | None = typer.Option(
+        None,
+        "--sync-bn/--no-sync-bn",
+        help="Under torchrun on CUDA: G's BatchNorm statistics over the global batch, not each rank's shard "
+        "(default: no-sync-bn)",
+    ),
+    dist_timeout: int | None = typer.Option(
+        None,
+        "--dist-timeout",
+        help=f"Under torchrun: seconds before the processes give up on a silent one {_default('dist_timeout')}",
+    ),
     resume: Path | None = typer.Option(
         None, "--resume", help="Continue a run: its directory or one of its checkpoints"
     ),
@@ -129,14 +152,17 @@ def train(
         help="Replace an existing run directory of the same name; with --resume CKPT, drop the run's later checkpoints",
     ),
 ) -> None:
-    """Train a SAGAN; prints the final checkpoint's path on stdout."""
+    """Train a SAGAN; prints the final checkpoint's path on stdout.
+
+    Under `torchrun --nproc-per-node N -m sagan_cli train ...` N processes train one run with
+    DistributedDataParallel; --batch-size is the global batch (docs/scaling.md).
+    """
+    from .. import distributed
     from ..config_file import check_num_classes, merge_config_file
-    from ..data import load_dataset
+    from ..precision import resolve_precision
     from ..progress import make_reporter
-    from ..runs import open_run, resolve_new, resolve_resume
+    from ..runs import resolve_new, resolve_resume
     from ..runtime import is_main_process, resolve_device
-    from ..train import StopFlag
-    from ..train import train as run_training
     from ..train_hooks import check_hooks
 
     # parse: only what was given; the library fills in the rest (TrainConfig, the dataset's shape)
@@ -176,9 +202,26 @@ def train(
         print(config.to_json(every_key=True))
         return
     check_hooks(config)  # --tensorboard without the package, an --eval-samples too large: before any work
-    # load data
-    torch_device = resolve_device(config.device)
-    reporter = make_reporter()
+    world = distributed.world_from_env()  # torchrun's RANK / WORLD_SIZE; one process without them
+    distributed.check_global_batch(config.batch_size, world)
+    torch_device = distributed.rank_device(resolve_device(config.device), world)
+    resolve_precision(config.precision, torch_device)
+    distributed.check_sync_bn(config.sync_bn, world, torch_device)
+    reporter = make_reporter(enabled=writer)  # other ranks stay silent except for errors
+    with distributed.session(world, torch_device, config.dist_timeout):
+        _load_and_train(plan, writer, torch_device, reporter, world.distributed)
+
+
+def _load_and_train(
+    plan: RunPlan, writer: bool, torch_device: torch.device, reporter: Reporter, distributed_run: bool
+) -> None:
+    """Load the data, open the run, train under the signal handlers; print the final checkpoint."""
+    from ..data import load_dataset
+    from ..runs import open_run
+    from ..train import StopFlag
+    from ..train import train as run_training
+
+    config = plan.config
     data = load_dataset(
         config.dataset,
         image_size=config.model.image_size,
@@ -190,11 +233,15 @@ def train(
     run = open_run(plan, data, writer)
     # train
     stop = StopFlag()
-    previous_handlers = _install_signal_handlers(stop)
+    previous_handlers = _install_signal_handlers(stop, repeat_interrupts=not distributed_run, announce=writer)
     try:
         with run.locked():
             reporter.log(f"run {run.path}: {config.dataset} ({data.source}, {len(data)} images), device {torch_device}")
             final = run_training(config, data, run, torch_device, reporter, stop=stop, resume_from=plan.checkpoint)
+    except Interrupted as exc:
+        if writer:
+            raise
+        raise typer.Exit(exc.exit_code) from None  # rank 0 says where it saved; the others exit quietly
     finally:
         for signal_number, handler in previous_handlers.items():
             signal.signal(signal_number, handler)
@@ -202,20 +249,24 @@ def train(
         print(final)
 
 
-def _install_signal_handlers(stop: Any) -> dict[int, Any]:
-    """First SIGINT/SIGTERM: finish the step, save, exit 130/143. A second SIGINT stops at once.
+def _install_signal_handlers(stop: Any, repeat_interrupts: bool = True, announce: bool = True) -> dict[int, Any]:
+    """First SIGINT/SIGTERM: finish the step, save, exit 130/143. A second SIGINT stops at once,
+    except under torchrun (repeat_interrupts False): there one Ctrl-C reaches a worker twice (from
+    the terminal and forwarded by torchrun), and every rank must reach the agreed step to save.
+    Only the announcing process (rank 0) says so on stderr.
 
     Returns the handlers they replace, to be put back when training ends.
     """
 
     def handle(signal_number: int, frame: object) -> None:
+        if stop.signal_number is not None and not repeat_interrupts:
+            return
         if stop.signal_number is not None and signal_number == signal.SIGINT:
             raise KeyboardInterrupt
         stop.request(signal_number)
-        print(
-            f"\nsignal {signal_number}: saving a checkpoint after this step (Ctrl-C again to stop at once)",
-            file=sys.stderr,
-        )
+        if announce:
+            again = " (Ctrl-C again to stop at once)" if repeat_interrupts else ""
+            print(f"\nsignal {signal_number}: saving a checkpoint after this step{again}", file=sys.stderr)
 
     return {number: signal.signal(number, handle) for number in (signal.SIGINT, signal.SIGTERM)}
 
