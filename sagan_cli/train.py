@@ -128,7 +128,7 @@ def check_training_data(config: TrainConfig, data: ImageData, resume_from: Path 
         raise UsageError(f"--batch-size {config.batch_size} is larger than the dataset ({len(data)} images); lower it")
     if resume_from is not None:
         trained_on = read_checkpoint_info(resume_from).metadata.get("data_id")
-        if trained_on is not None and trained_on != data.data_id:
+        if trained_on is not None and not data.matches(trained_on):
             raise UsageError(
                 f"--resume {resume_from}: the run trained on {trained_on!r}, but the data loaded now is "
                 f"{data.data_id!r}; make the same data available (e.g. --data-dir) to continue it"
