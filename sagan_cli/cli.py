@@ -202,6 +202,8 @@ def train(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help=f"mnist, fashion-mnist, cifar10, celeba, or a folder of images {_default_d('dataset')}"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the dataset files are (or are downloaded to) (default: ~/.cache/sagan/datasets)"),
     download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Allow dataset downloads (default: download)"),
+    data_mode: Optional[str] = typer.Option(None, "--data-mode", help="Image folders and celeba: memory (preload), stream (decode every batch in worker processes), auto (preload if it fits in half the free memory) (default: auto)"),
+    data_workers: Optional[int] = typer.Option(None, "--data-workers", help=f"Worker processes that decode images when streaming {_default_d('data_workers')}"),
     attention: Optional[bool] = typer.Option(None, "--attention/--no-attention", help="Self-attention in G and D (default: attention)"),
     attn_res: Optional[str] = typer.Option(None, "--attn-res", help="Feature-map size(s) that get attention, e.g. 14 or 16,32 (default: image size / 2, at most 64)"),
     conditional: Optional[bool] = typer.Option(None, "--conditional", help="Class-conditional: conditional BN in G, projection D"),
@@ -231,10 +233,10 @@ def train(
     force: bool = typer.Option(False, "--force", help="Replace an existing run directory of the same name; with --resume CKPT, drop the run's later checkpoints"),
 ) -> None:
     """Train a SAGAN; prints the final checkpoint's path on stdout."""
-    from .data import load_dataset
     from .progress import make_reporter
     from .rundir import RunDir, unique_run_path
     from .runtime import is_main_process, resolve_device
+    from .streaming import load_training_data
     from .train import StopFlag, check_training_data, train as run_training
 
     local = locals()
@@ -273,12 +275,14 @@ def train(
             RunDir.check_new(run_path, force)
     torch_device = resolve_device(config.device)
     reporter = make_reporter()
-    data = load_dataset(
+    data = load_training_data(
         config.dataset,
         image_size=config.model.image_size,
         channels=config.model.channels,
         data_dir=Path(config.data_dir) if config.data_dir else None,
         download=config.download,
+        data_mode=config.data_mode,
+        workers=config.data_workers,
         log=reporter.log,
     )
     check_training_data(config, data, checkpoint)

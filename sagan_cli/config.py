@@ -13,7 +13,7 @@ from .model import ModelConfig
 # Keys of a run that may change on --resume without changing what is being trained. Where the data
 # comes from may change too: the resumed data must match the checkpoint's (train.check_training_data).
 RESUMABLE_OVERRIDES = frozenset(
-    {"max_steps", "save_every", "sample_every", "log_every", "keep", "device", "data_dir", "download"}
+    {"max_steps", "save_every", "sample_every", "log_every", "keep", "device", "data_dir", "download", "data_mode", "data_workers"}
 )
 # Keys that configs written by earlier versions may hold; they are dropped on reading so old runs and
 # checkpoints keep loading (num_workers: batches are drawn by index from preloaded tensors, so there
@@ -37,6 +37,8 @@ class TrainConfig:
     dataset: str = "mnist"
     data_dir: str | None = None
     download: bool = True
+    data_mode: str = "auto"  # image folders and celeba: memory (preload), stream (decode per batch), auto (by free memory)
+    data_workers: int = 2  # DataLoader worker processes when streaming (0: decode in the training process)
     max_steps: int = 2000  # ~16 minutes at ~140 img/s on a 2-core CPU; FID still falling there (docs/results.md)
     batch_size: int = 64
     lr_g: float = 1e-4  # TTUR, as in the paper: D learns 4x faster than G
@@ -104,6 +106,10 @@ class TrainConfig:
                 raise UsageError(f"--{name} must be in [0, 1), got {value}")
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if self.data_mode not in ("auto", "memory", "stream"):
+            raise UsageError(f"--data-mode must be auto, memory or stream, got {self.data_mode!r}")
+        if not 0 <= self.data_workers <= 256:
+            raise UsageError(f"--data-workers must be in 0..256, got {self.data_workers}")
         check_seed(self.seed)
         return self
 

@@ -302,9 +302,20 @@ def check_dataset_memory(count: int, channels: int, image_size: int, what: str) 
     if need > have:
         raise UsageError(
             f"{what}: {count:,} images at {channels}x{image_size}x{image_size} need {need / 2**30:,.1f} GiB of memory "
-            f"once decoded (sagan preloads the whole set), more than the {have / 2**30:,.1f} GiB available; "
-            "train at a smaller --image-size or on fewer images"
+            f"once decoded (preloading holds the whole set), more than the {have / 2**30:,.1f} GiB available; "
+            "train at a smaller --image-size, on fewer images, or (folders, celeba) with --data-mode stream"
         )
+
+
+def decode_image(path: Path, channels: int, image_size: int) -> torch.Tensor:
+    """One image file -> uint8 (C, S, S); raises on an unreadable file (memory and stream modes share this path)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL warns about odd-but-readable files; callers report skips
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise ValueError(f"{image.width}x{image.height} is too large")  # checked before decoding
+            image.load()
+            return _pil_to_tensor(image, channels, image_size)
 
 
 def load_image_paths(paths: list[Path], channels: int, image_size: int, log: Log, what: str) -> torch.Tensor:
@@ -317,14 +328,8 @@ def load_image_paths(paths: list[Path], channels: int, image_size: int, log: Log
     count, skipped = 0, []
     for path in paths:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # PIL warns about odd-but-readable files; a skip is reported below
-                with Image.open(path) as image:
-                    if image.width * image.height > MAX_IMAGE_PIXELS:
-                        raise ValueError(f"{image.width}x{image.height} is too large")  # checked before decoding
-                    image.load()
-                    images[count] = _pil_to_tensor(image, channels, image_size)
-                    count += 1
+            images[count] = decode_image(path, channels, image_size)
+            count += 1
         except Exception:  # noqa: BLE001 - a decoder fails in many ways on a damaged file; any of them means unreadable
             skipped.append(path)
     if skipped:
@@ -336,6 +341,13 @@ def load_image_paths(paths: list[Path], channels: int, image_size: int, log: Log
 
 def load_folder(folder: Path, channels: int, image_size: int, log: Log) -> ImageData:
     """All readable images under a folder, recursively, as one preloaded uint8 tensor."""
+    paths = load_folder_paths(folder)
+    images = load_image_paths(paths, channels, image_size, log, str(folder))
+    return ImageData(images, None, 0, str(folder), f"image folder ({len(images)} images)")
+
+
+def load_folder_paths(folder: Path) -> list[Path]:
+    """The image files of a dataset folder; DatasetError when there is no such folder or no image in it."""
     if not folder.exists():
         raise DatasetError(f"dataset folder not found: {folder}")
     if not folder.is_dir():
@@ -343,8 +355,7 @@ def load_folder(folder: Path, channels: int, image_size: int, log: Log) -> Image
     paths = find_images(folder)
     if not paths:
         raise DatasetError(f"no images in {folder} (looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
-    images = load_image_paths(paths, channels, image_size, log, str(folder))
-    return ImageData(images, None, 0, str(folder), f"image folder ({len(images)} images)")
+    return paths
 
 
 def load_dataset(

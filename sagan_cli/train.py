@@ -14,20 +14,21 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_module_state, load_optimizer_state, read_checkpoint_info, save_checkpoint
 from .config import TrainConfig
-from .data import ImageData, to_model_range
+from .data import to_model_range
 from .errors import DivergenceError, Interrupted, UsageError
 from .errors import EXIT_SIGINT, EXIT_SIGTERM
 from .model import Discriminator, Generator, attention_gammas
 from .rundir import RunDir
 from .runtime import preferred_memory_format
 from .sampling import generate, make_grid, sample_latents
+from .streaming import RealBatch, TrainingData, real_batches
 
 STREAM_LATENTS = 0  # a step's latents, then its fake labels, come from this stream
 PREVIEW_SAMPLES = 64
@@ -78,6 +79,11 @@ def batch_indices(batch_number: int, dataset_size: int, batch_size: int, seed: i
     return order[position * batch_size : (position + 1) * batch_size]
 
 
+def index_function(data_size: int, config: TrainConfig) -> functools.partial[torch.Tensor]:
+    """batch number -> dataset indices (B,) of this run: what every data mode's loader is asked for."""
+    return functools.partial(batch_indices, dataset_size=data_size, batch_size=config.batch_size, seed=config.seed)
+
+
 @functools.lru_cache(maxsize=2)
 def _epoch_order(dataset_size: int, seed: int, epoch: int) -> torch.Tensor:
     """The permutation of one epoch, drawn once per epoch rather than once per step (read-only)."""
@@ -115,7 +121,7 @@ def _match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
                     optimizer.state[param][key] = torch.empty_like(param).copy_(value)
 
 
-def check_training_data(config: TrainConfig, data: ImageData, resume_from: Path | None = None) -> None:
+def check_training_data(config: TrainConfig, data: TrainingData, resume_from: Path | None = None) -> None:
     """Refuse data this run cannot train on, before any file of the run is touched.
 
     On resume the data must be what the checkpoint trained on: same dataset, source and shape. A
@@ -165,16 +171,25 @@ def ema_decay_at(step: int, config: TrainConfig) -> float:
     return min(config.ema_decay, (1.0 + step) / (10.0 + step))
 
 
-def train_step(state: TrainState, data: ImageData, config: TrainConfig, device: torch.device) -> dict[str, torch.Tensor]:
-    """One iteration: d_steps discriminator updates, then one generator update, hinge loss."""
+def train_step(
+    state: TrainState, data: TrainingData, config: TrainConfig, device: torch.device, batches: Iterator[RealBatch] | None = None
+) -> dict[str, torch.Tensor]:
+    """One iteration: d_steps discriminator updates, then one generator update, hinge loss.
+
+    `batches` yields this step's real batches (the training loop keeps one loader for the run);
+    without it they are drawn from `data` here.
+    """
     G, D = state.generator, state.discriminator
     model = config.model
     memory_format = preferred_memory_format(device)
     conditional = model.num_classes > 0
+    if batches is None:
+        first = state.step * config.d_steps
+        batches = real_batches(data, index_function(len(data), config), first, first + config.d_steps, device, 0, lambda message: None)
     for d_step in range(config.d_steps):
-        indices = batch_indices(state.step * config.d_steps + d_step, len(data), config.batch_size, config.seed)
-        real = to_model_range(data.images[indices]).to(device, memory_format=memory_format)  # (B, C, S, S)
-        real_labels = data.labels[indices].to(device) if conditional else None
+        batch = next(batches)  # the images of batch_indices(step * d_steps + d_step)
+        real = to_model_range(batch.images.to(device, non_blocking=True)).contiguous(memory_format=memory_format)  # (B, C, S, S)
+        real_labels = batch.labels.to(device) if conditional and batch.labels is not None else None
         rng = step_generator(config.seed, state.step * config.d_steps + d_step, STREAM_LATENTS)
         z = torch.randn(config.batch_size, model.z_dim, generator=rng).to(device)
         fake_labels = (
@@ -242,7 +257,7 @@ def preview_grid(state: TrainState, config: TrainConfig) -> torch.Tensor:
     return make_grid(images, nrow=8)
 
 
-def save_training_checkpoint(state: TrainState, config: TrainConfig, run: RunDir, name: str, data: ImageData) -> Path | None:
+def save_training_checkpoint(state: TrainState, config: TrainConfig, run: RunDir, name: str, data: TrainingData) -> Path | None:
     """Write a full checkpoint (after checking the weights are finite); None when this rank does not write."""
     if not weights_are_finite(state.generator, state.discriminator, state.generator_ema):
         last = run.latest_checkpoint()
@@ -270,7 +285,7 @@ def save_training_checkpoint(state: TrainState, config: TrainConfig, run: RunDir
 
 def train(
     config: TrainConfig,
-    data: ImageData,
+    data: TrainingData,
     run: RunDir,
     device: torch.device,
     reporter: Reporter,
@@ -299,7 +314,7 @@ def train(
 def _train_loop(
     state: TrainState,
     config: TrainConfig,
-    data: ImageData,
+    data: TrainingData,
     run: RunDir,
     device: torch.device,
     reporter: Reporter,
@@ -309,10 +324,14 @@ def _train_loop(
     """The step loop of `train`: log, preview, checkpoint; stop cleanly on a signal, loudly on divergence."""
     window_start, window_steps = time.perf_counter(), 0
     saved_step = state.step if last_checkpoint is not None else None
+    index_of = index_function(len(data), config)
+    batches = real_batches(
+        data, index_of, state.step * config.d_steps, config.max_steps * config.d_steps, device, config.data_workers, reporter.log
+    )
     try:
         while state.step < config.max_steps:
             step_start = time.perf_counter()
-            losses = train_step(state, data, config, device)
+            losses = train_step(state, data, config, device, batches)
             _check_finite(state, losses, last_checkpoint)
             state.train_seconds += time.perf_counter() - step_start
             window_steps += 1
@@ -340,6 +359,8 @@ def _train_loop(
         # half-updated, so it is not saved; the last periodic checkpoint stays the resume point.
         kept = f"resume from {last_checkpoint}" if last_checkpoint else "no checkpoint was saved"
         raise Interrupted(f"interrupted at step {state.step} without saving; {kept}", EXIT_SIGINT) from None
+    finally:
+        batches.close()  # stops a streaming loader's worker processes now, not at garbage collection
     if state.step < config.max_steps:  # stopped by a signal: save (unless this step just was) and say how to go on
         if saved_step != state.step:
             last_checkpoint = save_training_checkpoint(state, config, run, run.step_name(state.step), data)
