@@ -23,7 +23,7 @@ from . import __version__
 from .config import TrainConfig, check_field_types
 from .errors import CheckpointError
 from .model import Generator, ModelConfig
-from .outputs import write_atomically
+from .atomic import write_atomically
 from .runtime import preferred_memory_format
 
 FORMAT_NAME = "sagan"

@@ -11,9 +11,9 @@ from typing import Any
 import torch
 
 from .checkpoint import CheckpointInfo, load_generator, read_checkpoint_info
-from .data import Log
 from .errors import UsageError
 from .evaluation import EvalOptions, load_for_scoring, load_reference, score_generator
+from .logs import Log
 from .extractors import Extractor, digits_caveat, file_sha256, resolve_extractor
 from .model import count_parameters
 from .sampling import check_sample_count, generate, sample_labels, sample_latents

@@ -18,13 +18,13 @@ import torch
 from PIL import Image
 
 from .errors import DatasetError, UsageError
-from .model import SUPPORTED_IMAGE_SIZES
+from .logs import Log, no_log
+from .model import check_image_shape
 from .runtime import available_memory_bytes
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 DOWNLOAD_TIMEOUT_SECONDS = 20
 MAX_IMAGE_PIXELS = 8192 * 8192  # larger files are skipped unread: a corrupt header can claim any size
-Log = Callable[[str], None]
 
 
 @dataclass
@@ -365,16 +365,16 @@ def load_dataset(
     channels: int | None = None,
     data_dir: Path | None = None,
     download: bool = True,
-    log: Log = lambda message: None,
+    log: Log = no_log,
 ) -> ImageData:
     """Load a registered dataset or an image folder as uint8 (N, C, S, S) at the requested shape."""
     native_channels, native_size, num_classes = native_shape(name)
     channels = channels or native_channels
     image_size = image_size or native_size
-    if image_size not in SUPPORTED_IMAGE_SIZES:
-        raise UsageError(f"image size {image_size} is not supported; use one of {', '.join(map(str, SUPPORTED_IMAGE_SIZES))}")
-    if channels not in (1, 3):
-        raise UsageError(f"channels must be 1 or 3, got {channels}")
+    try:
+        check_image_shape(image_size, channels)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if name not in DATASETS:
         return load_folder(Path(name), channels, image_size, log)
     spec = DATASETS[name]

@@ -12,12 +12,12 @@ import torch_fidelity
 
 from . import __version__
 from .checkpoint import CheckpointInfo, load_generator, read_checkpoint_info
-from .config import check_seed
-from .data import ImageData, Log, load_dataset
+from .data import ImageData, load_dataset
 from .errors import UsageError
+from .eval_options import EvalOptions
+from .logs import Log, no_log
 from .extractors import Extractor, digits_caveat, file_sha256, resolve_extractor
 from .metrics import (
-    METRICS,
     GeneratorInput,
     ImageTensorDataset,
     compute_metrics,
@@ -26,45 +26,8 @@ from .metrics import (
     tensor_sha256,
 )
 from .model import Generator
-from .rundir import find_latest_checkpoint
-from .sampling import check_sample_count, check_truncation, sample_labels, sample_latents
-
-DEFAULT_NUM_SAMPLES = 10_000
-DEFAULT_BATCH_SIZE = 500
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    """What `sagan evaluate` and `sagan compare` were asked for."""
-
-    metrics: tuple[str, ...] = METRICS
-    num_samples: int = DEFAULT_NUM_SAMPLES
-    seed: int = 0
-    truncation: float = 1.0
-    batch_size: int = DEFAULT_BATCH_SIZE
-    use_ema: bool = True
-    extractor: str = "auto"
-    inception_weights: Path | None = None
-    ref: str | None = None
-    device: str = "auto"
-
-    @property
-    def needs_reference(self) -> bool:
-        """FID and KID compare with a reference set; IS alone does not."""
-        return bool({"fid", "kid"} & set(self.metrics))
-
-    def validate(self) -> "EvalOptions":
-        """Reject impossible values with a message naming the flag."""
-        if self.num_samples < 2:
-            raise UsageError(f"--num-samples must be at least 2, got {self.num_samples}")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
-        check_seed(self.seed)
-        check_truncation(self.truncation)
-        if self.ref is not None and not self.needs_reference:
-            raise UsageError(f"--ref {self.ref} is only used by FID and KID, and only IS was asked for; drop --ref or add --fid / --kid")
-        return self
-
+from .rundir import RUNS_ROOT, find_latest_checkpoint
+from .sampling import check_sample_count, sample_labels, sample_latents
 
 @dataclass
 class Reference:
@@ -133,7 +96,7 @@ def versions() -> dict[str, str]:
     }
 
 
-def resolve_checkpoint(path: Path | None, runs_root: Path = Path("runs")) -> Path:
+def resolve_checkpoint(path: Path | None, runs_root: Path = RUNS_ROOT) -> Path:
     """The given checkpoint, or the newest checkpoint of the most recent run under runs/."""
     if path is not None:
         return path
@@ -176,7 +139,7 @@ def score_generator(
     extractor: Extractor,
     options: EvalOptions,
     cache_folder: Path | None,
-    log: Log = lambda message: None,
+    log: Log = no_log,
 ) -> tuple[dict[str, float], float]:
     """Metrics of one generator against a reference (None for IS alone), and its sampling speed (images/s)."""
     latents, labels = plan_latents(options.num_samples, info.model.z_dim, info.model.num_classes, options)

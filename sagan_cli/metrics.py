@@ -27,8 +27,9 @@ from torch_fidelity.generative_model_base import GenerativeModelBase
 
 from .errors import SaganError, UsageError
 from .extractors import Extractor
+from .logs import Log, no_log
+from .metric_registry import METRIC_REGISTRY, metric_for_key
 from .model import Generator
-from .data import Log
 from .sampling import generate
 
 KEY_FID = torch_fidelity.KEY_METRIC_FID
@@ -36,16 +37,12 @@ KEY_ISC_MEAN = torch_fidelity.KEY_METRIC_ISC_MEAN
 KEY_ISC_STD = torch_fidelity.KEY_METRIC_ISC_STD
 KEY_KID_MEAN = torch_fidelity.KEY_METRIC_KID_MEAN
 KEY_KID_STD = torch_fidelity.KEY_METRIC_KID_STD
-METRICS = ("fid", "isc", "kid")  # torch-fidelity's flag names, in display order
+METRICS = tuple(METRIC_REGISTRY)  # torch-fidelity's flag names, in display order
 CACHE_ENV = "SAGAN_FIDELITY_CACHE"
 CACHE_VERSION = "v1"  # bump when what goes into reference features changes
 REFERENCE_SUBSET_SEED = 0  # fixed, so a reference subset (and its cache entry) never depends on --seed
 KID_SUBSET_SIZE = 1000
 ISC_SPLITS = 10
-
-
-def _no_log(message: str) -> None:
-    pass
 
 
 # ---------------------------------------------------------------- inputs
@@ -226,7 +223,7 @@ def _cache_entry_problem(path: Path) -> str | None:
     return None if isinstance(item, torch.Tensor) and item.dim() == 2 else "not a feature tensor"
 
 
-def discard_unsafe_cache_files(cache_folder: Path, cache_name: str, log: Log = _no_log) -> list[Path]:
+def discard_unsafe_cache_files(cache_folder: Path, cache_name: str, log: Log = no_log) -> list[Path]:
     """Delete the entries of `cache_name` that do not load with weights_only=True; returns them.
 
     torch-fidelity reads its cache with full pickle (torch's load with weights_only=False): a planted
@@ -272,7 +269,7 @@ def compute_metrics(
     batch_size: int,
     reference_cache: str | None = None,
     cache_folder: Path | None = None,
-    log: Log = _no_log,
+    log: Log = no_log,
 ) -> dict[str, float]:
     """Run torch-fidelity for `metrics` (subset of fid/isc/kid); returns its keys -> floats. RNG state untouched.
 
@@ -280,14 +277,12 @@ def compute_metrics(
     """
     unknown = set(metrics) - set(METRICS)
     assert metrics and not unknown, f"bad metric set {metrics}"
-    needs_reference = bool({"fid", "kid"} & metrics)
+    needs_reference = any(METRIC_REGISTRY[name].needs_reference for name in metrics)
     if needs_reference and reference is None:
         raise UsageError("FID and KID need a reference set")
     kwargs: dict[str, object] = {
         "input1": samples,
-        "fid": "fid" in metrics,
-        "isc": "isc" in metrics,
-        "kid": "kid" in metrics,
+        **{name: name in metrics for name in METRIC_REGISTRY},
         "feature_extractor": extractor.fidelity_name,
         "feature_extractor_weights_path": str(extractor.weights_path),
         "batch_size": batch_size,
@@ -357,7 +352,7 @@ class Gate:
     @property
     def metric(self) -> str:
         """The torch-fidelity flag the gate needs."""
-        return {KEY_FID: "fid", KEY_ISC_MEAN: "isc", KEY_KID_MEAN: "kid"}[self.key]
+        return metric_for_key(self.key).name
 
     def failure(self, results: dict[str, float]) -> str | None:
         """A one-line reason when the value is out of bounds, else None."""
@@ -368,10 +363,13 @@ class Gate:
         return f"{self.key} = {value:.6g} {'>' if self.upper else '<'} {self.flag} {self.bound:g}"
 
 
-def make_gates(max_fid: float | None, min_isc: float | None, max_kid: float | None) -> list[Gate]:
-    """Gates for the bounds that were given."""
-    candidates = (("--max-fid", KEY_FID, max_fid, True), ("--min-isc", KEY_ISC_MEAN, min_isc, False), ("--max-kid", KEY_KID_MEAN, max_kid, True))
-    return [Gate(flag, key, bound, upper) for flag, key, bound, upper in candidates if bound is not None]
+def make_gates(bounds: dict[str, float | None]) -> list[Gate]:
+    """Gates for the bounds that were given, keyed by metric name (`{"fid": 40.0}` is --max-fid 40)."""
+    return [
+        Gate(spec.gate_flag, spec.key, bound, spec.lower_is_better)
+        for name, spec in METRIC_REGISTRY.items()
+        if (bound := bounds.get(name)) is not None
+    ]
 
 
 def failed_gates(gates: list[Gate], results: dict[str, float]) -> list[str]:

@@ -35,6 +35,17 @@ def feature_resolutions(image_size: int) -> list[int]:
     return resolutions
 
 
+def check_image_shape(image_size: int, channels: int, size_name: str = "image size", channels_name: str = "channels") -> None:
+    """Raise ValueError unless the model can make images of this size and channel count.
+
+    The names let a caller speak the user's words (the train command passes its flags).
+    """
+    if image_size not in BOTTOM_RESOLUTION:
+        raise ValueError(f"{size_name} {image_size} is not supported; use one of {', '.join(map(str, SUPPORTED_IMAGE_SIZES))}")
+    if channels not in (1, 3):
+        raise ValueError(f"{channels_name} must be 1 or 3, got {channels}")
+
+
 def default_attention_resolutions(image_size: int) -> tuple[int, ...]:
     """Where attention goes by default: the feature map at half the image size, at most 64x64
     (attention cost grows with the square of the positions: a 128x128 map has 16,384)."""
@@ -65,11 +76,10 @@ class ModelConfig:
     num_classes: int = 0  # > 0: class-conditional (conditional BN in G, projection D)
 
     def __post_init__(self) -> None:
+        check_image_shape(self.image_size, self.channels)
         resolutions = feature_resolutions(self.image_size)
         if self.d_width is None:
             object.__setattr__(self, "d_width", default_d_width(self.image_size))
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         for name in ("z_dim", "g_width", "d_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

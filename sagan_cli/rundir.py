@@ -25,9 +25,10 @@ import torch
 from .checkpoint import read_checkpoint_info
 from .config import TrainConfig
 from .errors import CheckpointError, UsageError
-from .outputs import write_atomically
-from .sampling import save_image
+from .atomic import write_atomically
+from .images import save_image
 
+RUNS_ROOT = Path("runs")  # where `train` puts runs and `evaluate` looks for the latest one
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.jsonl"

@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .data import DATASETS, ImageData, Log, _SizedPaths, decode_image, load_dataset, load_folder_paths, load_image_paths, native_shape
+from .data import DATASETS, ImageData, _SizedPaths, decode_image, load_dataset, load_folder_paths, load_image_paths, native_shape
 from .errors import DatasetError, UsageError
+from .logs import Log
 from .runtime import available_memory_bytes
 
 DATA_MODES = ("auto", "memory", "stream")

@@ -27,7 +27,9 @@ from .errors import EXIT_SIGINT, EXIT_SIGTERM
 from .model import Discriminator, Generator, attention_gammas
 from .rundir import RunDir
 from .runtime import preferred_memory_format
-from .sampling import generate, make_grid, sample_latents
+from .images import make_grid
+from .logs import no_log
+from .sampling import generate, sample_latents
 from .streaming import RealBatch, TrainingData, real_batches
 
 STREAM_LATENTS = 0  # a step's latents, then its fake labels, come from this stream
@@ -185,7 +187,7 @@ def train_step(
     conditional = model.num_classes > 0
     if batches is None:
         first = state.step * config.d_steps
-        batches = real_batches(data, index_function(len(data), config), first, first + config.d_steps, device, 0, lambda message: None)
+        batches = real_batches(data, index_function(len(data), config), first, first + config.d_steps, device, 0, no_log)
     for d_step in range(config.d_steps):
         batch = next(batches)  # the images of batch_indices(step * d_steps + d_step)
         real = to_model_range(batch.images.to(device, non_blocking=True)).contiguous(memory_format=memory_format)  # (B, C, S, S)
@@ -292,8 +294,10 @@ def train(
     stop: StopFlag | None = None,
     resume_from: Path | None = None,
 ) -> Path | None:
-    """Train until config.max_steps; return the final checkpoint (None on non-writing ranks)."""
-    check_training_data(config, data, resume_from)
+    """Train until config.max_steps; return the final checkpoint (None on non-writing ranks).
+
+    `data` must have passed check_training_data (runs.open_run checks it before creating `run`).
+    """
     state = build_state(config, device)
     if resume_from is not None:
         restore_state(state, resume_from)

@@ -49,6 +49,24 @@ INTERPOLATIONS: dict[str, Interpolation] = {"slerp": slerp, "lerp": lerp}
 
 
 @dataclass(frozen=True)
+class WalkOptions:
+    """Defaults of `sagan interpolate`, read by its CLI options and by `walk`."""
+
+    seeds: tuple[str, ...] = ("0,1",)
+    steps: int = 10  # frames per row, both endpoints included
+    method: str = "slerp"
+    truncation: float = 1.0
+    output: str = "walk.png"
+    frame_ms: int = 120  # GIF frame duration
+    min_frame_ms: int = 10  # GIF viewers clamp shorter frames
+    use_ema: bool = True
+    device: str = "auto"
+
+
+WALK_DEFAULTS = WalkOptions()
+
+
+@dataclass(frozen=True)
 class WalkRow:
     """One row of a walk: from (seed, label) to (seed, label)."""
 
@@ -120,13 +138,13 @@ def blended_classes(generator: Generator, start: int, end: int, weights: torch.T
     Yields the labels (T,) that select those virtual classes. The model itself is not changed.
     """
     saved: list[tuple[ConditionalBatchNorm2d, nn.Embedding, nn.Embedding]] = []
-    t = weights[:, None]  # (T, 1)
     try:
         for module in generator.modules():
             if isinstance(module, ConditionalBatchNorm2d) and module.num_classes > 0:
                 saved.append((module, module.scale, module.shift))
                 for attr in ("scale", "shift"):
-                    table = getattr(module, attr).weight  # (num_classes, C)
+                    table = getattr(module, attr).weight  # (num_classes, C), on the generator's device
+                    t = weights.to(table)[:, None]  # (T, 1); weights come from the CPU
                     blended = (1 - t) * table[start][None] + t * table[end][None]  # (T, C)
                     setattr(module, attr, nn.Embedding.from_pretrained(blended.detach()))
         yield torch.arange(weights.shape[0])
@@ -158,7 +176,13 @@ def walk_row(generator: Generator, row: WalkRow, steps: int, method: str, trunca
     return torch.cat([first, inner, last])  # (steps, C, S, S)
 
 
-def walk(generator: Generator, rows: list[WalkRow], steps: int, method: str = "slerp", truncation: float = 1.0) -> torch.Tensor:
+def walk(
+    generator: Generator,
+    rows: list[WalkRow],
+    steps: int = WALK_DEFAULTS.steps,
+    method: str = WALK_DEFAULTS.method,
+    truncation: float = WALK_DEFAULTS.truncation,
+) -> torch.Tensor:
     """uint8 frames (rows, steps, C, S, S) of a latent walk."""
     if steps < 2:
         raise UsageError(f"--steps must be at least 2 (both endpoints), got {steps}")

@@ -291,10 +291,10 @@ def test_nan_fid_is_not_clamped_into_a_perfect_score() -> None:
 
     assert clamp_round_off(-1e-9) == 0.0 and clamp_round_off(3.5) == 3.5  # round-off below zero is still clamped
     assert math.isnan(clamp_round_off(float("nan"))) and clamp_round_off(float("inf")) == float("inf")
-    assert failed_gates(make_gates(40.0, None, None), {KEY_FID: clamp_round_off(float("nan"))})
+    assert failed_gates(make_gates({"fid": 40.0}), {KEY_FID: clamp_round_off(float("nan"))})
     # ... and infinities fail too: -inf passed --max-fid, +inf passed --min-isc.
-    assert failed_gates(make_gates(40.0, None, None), {KEY_FID: float("-inf")})
-    assert failed_gates(make_gates(None, 2.0, None), {KEY_ISC_MEAN: float("inf")})
+    assert failed_gates(make_gates({"fid": 40.0}), {KEY_FID: float("-inf")})
+    assert failed_gates(make_gates({"isc": 2.0}), {KEY_ISC_MEAN: float("inf")})
 
 
 class _Poison:

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from sagan_cli.checkpoint import load_generator, read_checkpoint_info
 from sagan_cli.errors import EXIT_FAILURE, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, SaganError
-from sagan_cli.outputs import write_atomically
+from sagan_cli.atomic import write_atomically
 
 from conftest import run_cli
 

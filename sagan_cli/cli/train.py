@@ -1,0 +1,193 @@
+"""`sagan train`: parse -> resolve the run -> load data -> train. Defaults live in TrainConfig."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from ..config import TrainConfig
+from ..errors import UsageError
+from ..model import SUPPORTED_IMAGE_SIZES, ModelConfig, default_attention_resolutions, default_d_width
+from ..rundir import RUNS_ROOT
+
+DEFAULTS = TrainConfig()
+MODEL_DEFAULTS = ModelConfig()
+EPILOG = "Example: sagan train --dataset mnist --attention    (about 16 minutes on a 2-core CPU)"
+
+
+def _default(name: str) -> str:
+    return f"(default: {getattr(DEFAULTS, name)})"
+
+
+def _by_image_size(rule: Any) -> str:
+    """A model.py rule written out per supported image size, e.g. `28 px: 64, 32 px: 64, 64 px: 32`."""
+    return ", ".join(f"{size} px: {rule(size)}" for size in SUPPORTED_IMAGE_SIZES)
+
+
+ATTN_RES_HELP = (
+    "Feature-map size(s) that get attention, e.g. 14 or 16,32 (default: "
+    f"{_by_image_size(lambda size: ','.join(map(str, default_attention_resolutions(size))))})"
+)
+D_WIDTH_HELP = f"Discriminator width (default: {_by_image_size(default_d_width)})"
+
+
+def _parse_resolutions(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UsageError(f"--attn-res {text!r} is not a comma-separated list of sizes, e.g. 16 or 16,32") from None
+    if not values:
+        raise UsageError("--attn-res needs at least one feature-map size, e.g. 16")
+    return values
+
+
+def train(
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", "-d", help=f"mnist, fashion-mnist, cifar10, celeba, or a folder of images {_default('dataset')}"
+    ),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Where the dataset files are (or are downloaded to) (default: ~/.cache/sagan/datasets)"
+    ),
+    download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Allow dataset downloads (default: download)"),
+    data_mode: Optional[str] = typer.Option(
+        None,
+        "--data-mode",
+        help="Image folders and celeba: memory (preload), stream (decode every batch in worker processes), "
+        f"auto (preload if it fits in half the free memory) {_default('data_mode')}",
+    ),
+    data_workers: Optional[int] = typer.Option(
+        None, "--data-workers", help=f"Worker processes that decode images when streaming {_default('data_workers')}"
+    ),
+    attention: Optional[bool] = typer.Option(
+        None, "--attention/--no-attention", help="Self-attention in G and D (default: attention)"
+    ),
+    attn_res: Optional[str] = typer.Option(None, "--attn-res", help=ATTN_RES_HELP),
+    conditional: Optional[bool] = typer.Option(
+        None, "--conditional", help="Class-conditional: conditional BN in G, projection D"
+    ),
+    image_size: Optional[int] = typer.Option(
+        None, "--image-size", help=f"One of {', '.join(map(str, SUPPORTED_IMAGE_SIZES))} (default: the dataset's)"
+    ),
+    channels: Optional[int] = typer.Option(None, "--channels", help="1 or 3 (default: the dataset's)"),
+    z_dim: Optional[int] = typer.Option(None, "--z-dim", help=f"Latent size (default: {MODEL_DEFAULTS.z_dim})"),
+    g_width: Optional[int] = typer.Option(None, "--g-width", help=f"Generator width (default: {MODEL_DEFAULTS.g_width})"),
+    d_width: Optional[int] = typer.Option(None, "--d-width", help=D_WIDTH_HELP),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help=f"Training iterations {_default('max_steps')}"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=_default("batch_size")),
+    lr_g: Optional[float] = typer.Option(None, "--lr-g", help=f"Generator Adam learning rate {_default('lr_g')}"),
+    lr_d: Optional[float] = typer.Option(None, "--lr-d", help=f"Discriminator Adam learning rate {_default('lr_d')}"),
+    beta1: Optional[float] = typer.Option(None, "--beta1", help=_default("beta1")),
+    beta2: Optional[float] = typer.Option(None, "--beta2", help=_default("beta2")),
+    d_steps: Optional[int] = typer.Option(None, "--d-steps", help=f"D updates per G update {_default('d_steps')}"),
+    ema: Optional[bool] = typer.Option(None, "--ema/--no-ema", help="Keep an EMA copy of G for sampling (default: ema)"),
+    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help=_default("ema_decay")),
+    seed: Optional[int] = typer.Option(None, "--seed", help=f"Seed of every random draw {_default('seed')}"),
+    device: Optional[str] = typer.Option(None, "--device", help=f"auto, cpu, cuda or mps {_default('device')}"),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="Run name (default: <dataset>-<attn|noattn>, numbered if taken)"
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", help=f"Folder that holds run directories (default: {RUNS_ROOT})"),
+    save_every: Optional[int] = typer.Option(None, "--save-every", help=f"Checkpoint every N steps {_default('save_every')}"),
+    sample_every: Optional[int] = typer.Option(
+        None, "--sample-every", help=f"Preview grid every N steps {_default('sample_every')}"
+    ),
+    log_every: Optional[int] = typer.Option(None, "--log-every", help=f"Log line every N steps {_default('log_every')}"),
+    keep: Optional[int] = typer.Option(
+        None, "--keep", help=f"Periodic checkpoints kept (final always kept) {_default('keep')}"
+    ),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume", help="Continue a run: its directory or one of its checkpoints"
+    ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Replace an existing run directory of the same name; with --resume CKPT, drop the run's later checkpoints",
+    ),
+) -> None:
+    """Train a SAGAN; prints the final checkpoint's path on stdout."""
+    from ..progress import make_reporter
+    from ..runs import open_run, resolve_new, resolve_resume
+    from ..runtime import is_main_process, resolve_device
+    from ..streaming import load_training_data
+    from ..train import StopFlag
+    from ..train import train as run_training
+
+    # parse: only what was given; the library fills in the rest (TrainConfig, the dataset's shape)
+    local = locals()
+    train_keys = {f.name for f in fields(TrainConfig)} - {"model"}
+    given = {k: local[k] for k in train_keys if local.get(k) is not None}
+    if data_dir is not None:
+        given["data_dir"] = str(data_dir.expanduser().absolute())
+    model_values = {
+        "image_size": image_size,
+        "channels": channels,
+        "z_dim": z_dim,
+        "g_width": g_width,
+        "d_width": d_width,
+        "attention": attention,
+        "attn_resolutions": _parse_resolutions(attn_res),
+    }
+    model_given = {key: value for key, value in model_values.items() if value is not None}
+    # resolve
+    writer = is_main_process()
+    if resume is not None:
+        plan = resolve_resume(resume, given, model_given, conditional, name, out, force)
+    else:
+        plan = resolve_new(given, model_given, bool(conditional), name, out, force, check_disk=writer)
+    config = plan.config
+    # load data
+    torch_device = resolve_device(config.device)
+    reporter = make_reporter()
+    data = load_training_data(
+        config.dataset,
+        image_size=config.model.image_size,
+        channels=config.model.channels,
+        data_dir=Path(config.data_dir) if config.data_dir else None,
+        download=config.download,
+        data_mode=config.data_mode,
+        workers=config.data_workers,
+        log=reporter.log,
+    )
+    run = open_run(plan, data, writer)
+    # train
+    stop = StopFlag()
+    previous_handlers = _install_signal_handlers(stop)
+    try:
+        with run.locked():
+            reporter.log(f"run {run.path}: {config.dataset} ({data.source}, {len(data)} images), device {torch_device}")
+            final = run_training(config, data, run, torch_device, reporter, stop=stop, resume_from=plan.checkpoint)
+    finally:
+        for signal_number, handler in previous_handlers.items():
+            signal.signal(signal_number, handler)
+    if final is not None:
+        print(final)
+
+
+def _install_signal_handlers(stop: Any) -> dict[int, Any]:
+    """First SIGINT/SIGTERM: finish the step, save, exit 130/143. A second SIGINT stops at once.
+
+    Returns the handlers they replace, to be put back when training ends.
+    """
+
+    def handle(signal_number: int, frame: object) -> None:
+        if stop.signal_number is not None and signal_number == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.request(signal_number)
+        print(
+            f"\nsignal {signal_number}: saving a checkpoint after this step (Ctrl-C again to stop at once)",
+            file=sys.stderr,
+        )
+
+    return {number: signal.signal(number, handle) for number in (signal.SIGINT, signal.SIGTERM)}
+
+
+def register(app: typer.Typer) -> None:
+    """Add `sagan train` to the app."""
+    app.command(epilog=EPILOG)(train)
