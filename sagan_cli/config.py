@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .errors import UsageError
+from .losses import DEFAULT_LOSS, get_loss
 from .model import ModelConfig
 
 # Keys of a run that may change on --resume without changing what is being trained. Where the data
@@ -55,12 +56,19 @@ class TrainConfig:
     sample_every: int = 250
     log_every: int = 50
     keep: int = 3
+    loss: str = DEFAULT_LOSS  # a name in losses.LOSSES
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (model config nested)."""
         data = asdict(self)
         data["model"] = json.loads(self.model.to_json())
+        defaults = TrainConfig()
+        for key in ("loss", "data_mode", "data_workers"):
+            if data[key] == getattr(defaults, key):
+                # Written only when not the default: configs and checkpoints of default runs stay
+                # exactly what 0.1/0.2.0 wrote, and those versions can still read them.
+                del data[key]
         return data
 
     def to_json(self) -> str:
@@ -111,6 +119,7 @@ class TrainConfig:
         if not 0 <= self.data_workers <= 256:
             raise UsageError(f"--data-workers must be in 0..256, got {self.data_workers}")
         check_seed(self.seed)
+        get_loss(self.loss)
         return self
 
     def with_overrides(self, **changes: Any) -> "TrainConfig":

@@ -164,13 +164,16 @@ def conv3x3_avgpool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 
 class SelfAttention(nn.Module):
-    """SAGAN self-attention: o = x + gamma * W_v(softmax(f(x)^T g(x)) h(x)).
+    """SAGAN self-attention: y = x + gamma * W_v(softmax(Q K^T) V), Q = g(x), K = f(x), V = h(x).
 
-    Query f, key g and value h are 1x1 convs to C/8 channels (the paper's C-bar,
-    k = 8), so all three share a head dimension and scaled_dot_product_attention
-    can use its fused kernel (no N x N map in memory). Scale is 1, as in the paper
-    (no 1/sqrt(d)). gamma starts at 0, so the block is the identity at init.
+    In the paper (eq. 1-2) s_ij = f(x_i)^T g(x_j) and position j attends over positions i, so g is
+    the query and f the key; `query` holds W_g, `key` W_f, `value` W_h, `out` W_v. All are 1x1
+    convs to C/8 channels (the paper's C-bar, k = 8), so q, k and v share a head dimension and
+    scaled_dot_product_attention can use its fused kernel (no N x N map in memory). Scale is 1,
+    as in the paper (no 1/sqrt(d)). gamma starts at 0, so the block is the identity at init.
     """
+
+    fused = True  # False: the written-out softmax(Q K^T) V (same values; an N x N map in memory)
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -191,8 +194,12 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape  # (B, C, H, W)
-        q, k, v = self._qkv(x)
-        attended = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # (B, 1, N, C/8)
+        q, k, v = self._qkv(x)  # each (B, 1, N, C/8)
+        if self.fused:
+            attended = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # (B, 1, N, C/8)
+        else:
+            attention = (q @ k.transpose(-1, -2)).softmax(dim=-1)  # (B, 1, N, N): row j = beta_j over keys i
+            attended = attention @ v  # (B, 1, N, C/8)
         attended = attended.transpose(-1, -2).reshape(b, self.inner, h, w)  # (B, C/8, H, W)
         return x + self.gamma * self.out(attended)
 

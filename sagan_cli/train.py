@@ -1,4 +1,4 @@
-"""Training: hinge loss, Adam (TTUR-capable), EMA generator, exact resume.
+"""Training: the registered GAN loss (hinge by default), Adam (TTUR-capable), EMA generator, exact resume.
 
 Every random draw of a step comes from a generator seeded by (seed, step), and
 the data order of an epoch from (seed, epoch), so a resumed run needs no RNG
@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Iterator, Protocol
 
 import torch
-import torch.nn.functional as F
 
 from .checkpoint import load_module_state, load_optimizer_state, read_checkpoint_info, save_checkpoint
 from .config import TrainConfig
@@ -29,6 +28,7 @@ from .rundir import RunDir
 from .runtime import preferred_memory_format
 from .images import make_grid
 from .logs import no_log
+from .losses import get_loss
 from .sampling import generate, sample_latents
 from .streaming import RealBatch, TrainingData, real_batches
 
@@ -176,13 +176,14 @@ def ema_decay_at(step: int, config: TrainConfig) -> float:
 def train_step(
     state: TrainState, data: TrainingData, config: TrainConfig, device: torch.device, batches: Iterator[RealBatch] | None = None
 ) -> dict[str, torch.Tensor]:
-    """One iteration: d_steps discriminator updates, then one generator update, hinge loss.
+    """One iteration: d_steps discriminator updates, then one generator update, with the run's loss.
 
     `batches` yields this step's real batches (the training loop keeps one loader for the run);
     without it they are drawn from `data` here.
     """
     G, D = state.generator, state.discriminator
     model = config.model
+    loss = get_loss(config.loss)
     memory_format = preferred_memory_format(device)
     conditional = model.num_classes > 0
     if batches is None:
@@ -197,21 +198,23 @@ def train_step(
         fake_labels = (
             torch.randint(model.num_classes, (config.batch_size,), generator=rng).to(device) if conditional else None
         )
-        # The last D step's fakes are kept with their graph and reused for the G step: G has not
-        # changed since, so this is the same computation as a fresh forward, done once.
+        # The last D step's fakes are kept with their graph and reused for the G step: G's weights
+        # have not changed since, so this saves a forward. It is not bit-exact with a fresh forward:
+        # that one would advance G's spectral-norm power iteration once more and update G's
+        # BatchNorm running statistics again (and see a new BN batch in train mode).
         keep_graph = d_step == config.d_steps - 1
         with torch.set_grad_enabled(keep_graph):
             fake = G(z, fake_labels)  # (B, C, S, S)
         labels = torch.cat([real_labels, fake_labels]) if conditional else None
         scores = D(torch.cat([real, fake.detach()]), labels)  # (2B,): one D pass for real and fake
         d_real, d_fake = scores[: config.batch_size], scores[config.batch_size :]
-        loss_d = F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean()
+        loss_d = loss.discriminator(d_real, d_fake)
         state.optimizer_d.zero_grad(set_to_none=True)
         loss_d.backward()
         state.optimizer_d.step()
 
     D.requires_grad_(False)  # the G step needs gradients w.r.t. D's input only
-    loss_g = -D(fake, fake_labels).mean()
+    loss_g = loss.generator(D(fake, fake_labels))
     state.optimizer_g.zero_grad(set_to_none=True)
     loss_g.backward()
     state.optimizer_g.step()
@@ -228,15 +231,40 @@ def train_step(
     }
 
 
-def _check_finite(state: TrainState, losses: dict[str, torch.Tensor], last_checkpoint: Path | None) -> None:
-    if bool(torch.isfinite(torch.stack(list(losses.values()))).all()):
-        return
-    values = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
-    kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was saved yet"
-    raise DivergenceError(
-        f"training diverged at step {state.step}: non-finite loss ({values}); {kept}; "
-        "try lower learning rates (--lr-g/--lr-d)"
-    )
+class FiniteWatch:
+    """Remembers, on the device, the first step whose losses were not finite.
+
+    `update` runs every step without a host sync (a sync per step stalls CUDA/MPS queues); `check`
+    reads the flag back (one sync) and runs only at log, preview and checkpoint steps, so nothing
+    non-finite is logged, drawn or saved, and the error still names the step it began.
+    """
+
+    def __init__(self) -> None:
+        self.first_bad: torch.Tensor | None = None  # int64 scalar on the device, -1 while all is finite
+        self.losses: dict[str, torch.Tensor] = {}
+
+    def update(self, step: int, losses: dict[str, torch.Tensor]) -> None:
+        """Record this step's losses (device tensors); no host sync."""
+        stacked = torch.stack(list(losses.values()))  # (L,)
+        if self.first_bad is None:
+            self.first_bad = torch.full((), -1, dtype=torch.int64, device=stacked.device)
+        newly_bad = (self.first_bad < 0) & ~torch.isfinite(stacked).all()
+        self.first_bad.masked_fill_(newly_bad, step)
+        self.losses = losses
+
+    def check(self, last_checkpoint: Path | None) -> None:
+        """Raise DivergenceError naming the first non-finite step, if there was one (one host sync)."""
+        if self.first_bad is None:
+            return
+        bad_step = int(self.first_bad)
+        if bad_step < 0:
+            return
+        values = ", ".join(f"{k}={float(v):.4g}" for k, v in self.losses.items())
+        kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was saved yet"
+        raise DivergenceError(
+            f"training diverged at step {bad_step}: non-finite loss (now {values}); {kept}; "
+            "try lower learning rates (--lr-g/--lr-d)"
+        )
 
 
 def weights_are_finite(*modules: torch.nn.Module | None) -> bool:
@@ -328,6 +356,7 @@ def _train_loop(
     """The step loop of `train`: log, preview, checkpoint; stop cleanly on a signal, loudly on divergence."""
     window_start, window_steps = time.perf_counter(), 0
     saved_step = state.step if last_checkpoint is not None else None
+    watch = FiniteWatch()
     index_of = index_function(len(data), config)
     batches = real_batches(
         data, index_of, state.step * config.d_steps, config.max_steps * config.d_steps, device, config.data_workers, reporter.log
@@ -336,9 +365,14 @@ def _train_loop(
         while state.step < config.max_steps:
             step_start = time.perf_counter()
             losses = train_step(state, data, config, device, batches)
-            _check_finite(state, losses, last_checkpoint)
+            watch.update(state.step, losses)
             state.train_seconds += time.perf_counter() - step_start
             window_steps += 1
+            last = state.step == config.max_steps
+            if last or stop.signal_number is not None or any(
+                state.step % every == 0 for every in (config.log_every, config.sample_every, config.save_every)
+            ):
+                watch.check(last_checkpoint)  # before anything is logged, drawn or saved
             if state.step % config.log_every == 0 or state.step == config.max_steps:
                 now = time.perf_counter()
                 stats = {k: float(v) for k, v in losses.items()}
