@@ -32,8 +32,14 @@ from sagan_cli.train import index_function
 RESULTS = common.REPO / "benchmarks" / "results" / "data.json"
 DOC = common.REPO / "docs" / "data-modes.md"
 MARK_BEGIN, MARK_END = "<!-- bench_data:begin -->", "<!-- bench_data:end -->"
-COLUMNS = [("mode", "mode"), ("workers", "workers"), ("images", "images"), ("first_batch_s", "first batch s"),
-           ("preload_s", "preload s"), ("images_per_s", "img/s")]
+COLUMNS = [
+    ("mode", "mode"),
+    ("workers", "workers"),
+    ("images", "images"),
+    ("first_batch_s", "first batch s"),
+    ("preload_s", "preload s"),
+    ("images_per_s", "img/s"),
+]
 
 
 def write_noise_pngs(folder: Path, count: int, size: int) -> None:
@@ -51,7 +57,9 @@ def measure(paths: list[Path], mode: str, workers: int, image_size: int, batch: 
     preload_s = None
     if mode == "memory":
         start = time.perf_counter()
-        data: Any = ImageData(load_image_paths(paths, 3, image_size, lambda m: None, "bench"), None, 0, "bench", "bench")
+        data: Any = ImageData(
+            load_image_paths(paths, 3, image_size, lambda m: None, "bench"), None, 0, "bench", "bench"
+        )
         preload_s = time.perf_counter() - start
     else:
         data = StreamedData(paths, 3, image_size, "bench", "bench")
@@ -62,8 +70,15 @@ def measure(paths: list[Path], mode: str, workers: int, image_size: int, batch: 
     start = time.perf_counter()
     count = sum(batch_.images.shape[0] for batch_ in iterator)
     seconds = time.perf_counter() - start
-    return {"mode": mode, "workers": workers if mode == "stream" else None, "images": count, "seconds": seconds,
-            "first_batch_s": first, "preload_s": preload_s, "images_per_s": count / seconds}
+    return {
+        "mode": mode,
+        "workers": workers if mode == "stream" else None,
+        "images": count,
+        "seconds": seconds,
+        "first_batch_s": first,
+        "preload_s": preload_s,
+        "images_per_s": count / seconds,
+    }
 
 
 def write_doc_table(table: str, machine: str) -> None:
@@ -75,7 +90,9 @@ def write_doc_table(table: str, machine: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--folder", type=Path, help="a folder of images (default: generate noise PNGs in a temporary folder)")
+    parser.add_argument(
+        "--folder", type=Path, help="a folder of images (default: generate noise PNGs in a temporary folder)"
+    )
     parser.add_argument("--images", type=int, default=2048, help="images to generate without --folder")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=64)
@@ -97,9 +114,15 @@ def main() -> None:
         for workers in (int(w) for w in args.workers.split(",") if w):
             rows.append(measure(paths, "stream", workers, args.image_size, args.batch, args.batches))
     machine = common.machine()
-    result = {"benchmark": "data", "machine": machine, "rows": rows,
-              "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("json", "doc")},
-                           "images_found": len(paths)}}
+    result = {
+        "benchmark": "data",
+        "machine": machine,
+        "rows": rows,
+        "settings": {
+            **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("json", "doc")},
+            "images_found": len(paths),
+        },
+    }
     table = common.format_table(rows, COLUMNS)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(result, indent=2) + "\n")

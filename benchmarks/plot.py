@@ -1,6 +1,6 @@
 """Draw the performance plots from benchmarks/results/*.json with Pillow (no matplotlib).
 
-    python benchmarks/plot.py            # writes docs/img/perf_train.png, perf_attention.png, perf_sampling.png
+python benchmarks/plot.py            # writes docs/img/perf_train.png, perf_attention.png, perf_sampling.png
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ COLORS = {"naive": (214, 39, 40), "math": (255, 127, 14), "flash": (44, 160, 44)
 FONT = ImageFont.load_default()
 
 
-def bar_chart(title: str, items: list[tuple[str, float, tuple[int, int, int]]], unit: str, path: Path, target: float | None = None) -> None:
+def bar_chart(
+    title: str, items: list[tuple[str, float, tuple[int, int, int]]], unit: str, path: Path, target: float | None = None
+) -> None:
     """Horizontal bars, one per (label, value, colour), with an optional dashed target line."""
     label_w, bar_w, row_h, top = 230, 480, 26, 50
     width, height = label_w + bar_w + 90, top + row_h * len(items) + 40
@@ -40,7 +42,14 @@ def bar_chart(title: str, items: list[tuple[str, float, tuple[int, int, int]]], 
     image.save(path)
 
 
-def line_chart(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title: str, series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str) -> None:
+def line_chart(
+    draw: ImageDraw.ImageDraw,
+    box: tuple[int, int, int, int],
+    title: str,
+    series: dict[str, list[tuple[float, float]]],
+    x_label: str,
+    y_label: str,
+) -> None:
     """Log-log line chart inside box = (left, top, right, bottom)."""
     left, top, right, bottom = box
     points = [p for values in series.values() for p in values if p[1] > 0]
@@ -51,8 +60,10 @@ def line_chart(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title:
     x_hi, y_hi = max(x_hi, x_lo + 1e-9), max(y_hi, y_lo + 1)
 
     def at(x: float, y: float) -> tuple[float, float]:
-        return (left + (math.log10(x) - x_lo) / (x_hi - x_lo) * (right - left),
-                bottom - (math.log10(y) - y_lo) / (y_hi - y_lo) * (bottom - top))
+        return (
+            left + (math.log10(x) - x_lo) / (x_hi - x_lo) * (right - left),
+            bottom - (math.log10(y) - y_lo) / (y_hi - y_lo) * (bottom - top),
+        )
 
     draw.text((left, top - 30), title, fill="black", font=FONT)
     draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
@@ -79,16 +90,26 @@ def line_chart(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title:
 
 def plot_train(results: Path) -> None:
     data = json.loads((results / "train.json").read_text())
-    items = [(r["config"], r["images_per_s"], (214, 39, 40) if r.get("variant") == "reference" else (31, 119, 180))
-             for r in data["rows"] if "images_per_s" in r]
-    bar_chart(f"Training images/s, 64x64 RGB, batch 64, attention at 32x32 (load avg {data['machine']['load_average'][0]})",
-              items, "img/s", OUT / "perf_train.png", target=80)
+    items = [
+        (r["config"], r["images_per_s"], (214, 39, 40) if r.get("variant") == "reference" else (31, 119, 180))
+        for r in data["rows"]
+        if "images_per_s" in r
+    ]
+    bar_chart(
+        f"Training images/s, 64x64 RGB, batch 64, attention at 32x32 (load avg {data['machine']['load_average'][0]})",
+        items,
+        "img/s",
+        OUT / "perf_train.png",
+        target=80,
+    )
 
 
 def plot_sampling(results: Path) -> None:
     data = json.loads((results / "sampling.json").read_text())
     items = [(r["config"], r["images_per_s"], (31, 119, 180)) for r in data["rows"] if "images_per_s" in r]
-    bar_chart("Sampling images/s (generate, inference_mode, batch 64)", items, "img/s", OUT / "perf_sampling.png", target=400)
+    bar_chart(
+        "Sampling images/s (generate, inference_mode, batch 64)", items, "img/s", OUT / "perf_sampling.png", target=400
+    )
 
 
 def plot_attention(results: Path) -> None:
@@ -96,12 +117,21 @@ def plot_attention(results: Path) -> None:
     rows = [r for r in data["rows"] if "seconds" in r]
     image = Image.new("RGB", (1000, 420), "white")
     draw = ImageDraw.Draw(image)
-    for box, key, title, unit in (((80, 60, 470, 360), "seconds", "attention fwd+bwd time", "s"),
-                                  ((580, 60, 970, 360), "peak_mb", "attention peak memory (RSS delta)", "MB")):
+    for box, key, title, unit in (
+        ((80, 60, 470, 360), "seconds", "attention fwd+bwd time", "s"),
+        ((580, 60, 970, 360), "peak_mb", "attention peak memory (RSS delta)", "MB"),
+    ):
         series: dict[str, list[tuple[float, float]]] = {}
         for r in rows:
             series.setdefault(r["impl"], []).append((r["size"], max(r[key], 1e-3)))
-        line_chart(draw, box, f"{title}, C={rows[0]['channels']}, batch {rows[0]['batch']}", series, "feature-map side (N = side^2)", unit)
+        line_chart(
+            draw,
+            box,
+            f"{title}, C={rows[0]['channels']}, batch {rows[0]['batch']}",
+            series,
+            "feature-map side (N = side^2)",
+            unit,
+        )
     image.save(OUT / "perf_attention.png")
 
 

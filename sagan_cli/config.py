@@ -14,7 +14,18 @@ from .model import ModelConfig
 # Keys of a run that may change on --resume without changing what is being trained. Where the data
 # comes from may change too: the resumed data must match the checkpoint's (train.check_training_data).
 RESUMABLE_OVERRIDES = frozenset(
-    {"max_steps", "save_every", "sample_every", "log_every", "keep", "device", "data_dir", "download", "data_mode", "data_workers"}
+    {
+        "max_steps",
+        "save_every",
+        "sample_every",
+        "log_every",
+        "keep",
+        "device",
+        "data_dir",
+        "download",
+        "data_mode",
+        "data_workers",
+    }
 )
 # Keys that configs written by earlier versions may hold; they are dropped on reading so old runs and
 # checkpoints keep loading (num_workers: batches are drawn by index from preloaded tensors, so there
@@ -38,7 +49,9 @@ class TrainConfig:
     dataset: str = "mnist"
     data_dir: str | None = None
     download: bool = True
-    data_mode: str = "auto"  # image folders and celeba: memory (preload), stream (decode per batch), auto (by free memory)
+    data_mode: str = (
+        "auto"  # image folders and celeba: memory (preload), stream (decode per batch), auto (by free memory)
+    )
     data_workers: int = 2  # DataLoader worker processes when streaming (0: decode in the training process)
     max_steps: int = 2000  # ~16 minutes at ~140 img/s on a 2-core CPU; FID still falling there (docs/results.md)
     batch_size: int = 64
@@ -76,7 +89,7 @@ class TrainConfig:
         return json.dumps(self.to_dict(), sort_keys=True, indent=2)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a dict; unknown keys are an error (retired ones are dropped)."""
         if not isinstance(data, dict):
             raise ValueError("a training config must be a JSON object")
@@ -94,7 +107,7 @@ class TrainConfig:
             values["model"] = ModelConfig.from_json(json.dumps(values["model"]))
         return cls(**values)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check numbers a user typed; raise UsageError naming the value and the fix."""
         positive = ("max_steps", "batch_size", "d_steps", "save_every", "sample_every", "log_every", "keep")
         for name in positive:
@@ -122,7 +135,7 @@ class TrainConfig:
         get_loss(self.loss)
         return self
 
-    def with_overrides(self, **changes: Any) -> "TrainConfig":
+    def with_overrides(self, **changes: Any) -> TrainConfig:
         """A copy with some fields replaced."""
         return replace(self, **changes)
 

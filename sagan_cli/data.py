@@ -10,9 +10,9 @@ import contextlib
 import socket
 import tempfile
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from PIL import Image
@@ -40,7 +40,11 @@ class ImageData:
 
     def matches(self, data_id: str) -> bool:
         """True when a checkpoint recording `data_id` trained on this data."""
-        legacy = None if self.legacy_source is None else self.data_id.replace(f"|{self.source}|", f"|{self.legacy_source}|", 1)
+        legacy = (
+            None
+            if self.legacy_source is None
+            else self.data_id.replace(f"|{self.source}|", f"|{self.legacy_source}|", 1)
+        )
         return data_id in (self.data_id, legacy)
 
     def __len__(self) -> int:
@@ -86,32 +90,43 @@ def _download_timeout() -> Iterator[None]:
         socket.setdefaulttimeout(previous)
 
 
-def _torchvision_dataset(factory: Callable[..., object], name: str, data_dir: Path | None, download: bool, **kwargs: object) -> object:
+def _torchvision_dataset(
+    factory: Callable[..., object], name: str, data_dir: Path | None, download: bool, **kwargs: object
+) -> object:
     """Open a torchvision dataset from data_dir (or the cache), downloading if allowed."""
     root = data_dir or default_cache_dir()
     try:
         return factory(root=str(root), download=False, **kwargs)
     except (RuntimeError, FileNotFoundError, OSError):
         pass
-    _download(factory, name, root, download, **kwargs)
+    _download(factory, name, root, download, kwargs)
     return factory(root=str(root), download=False, **kwargs)
 
 
-def _download(factory: Callable[..., object], name: str, root: Path, download: bool, what: str = "", **kwargs: object) -> None:
+def _download(
+    factory: Callable[..., object],
+    name: str,
+    root: Path,
+    download: bool,
+    options: dict[str, object],
+    what: str = "",
+) -> None:
     """Download a torchvision dataset into root; a failure leaves root as it was (no empty trees).
 
     torchvision creates its folders before fetching anything, so it works in a temporary folder
     next to the data and only a complete download is moved into place.
     """
     if not download:
-        raise DatasetError(f"{name} not found in {root}; put the torchvision files there or allow downloading (drop --no-download)")
+        raise DatasetError(
+            f"{name} not found in {root}; put the torchvision files there or allow downloading (drop --no-download)"
+        )
     created = _missing_ancestors(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".sagan-download-", dir=root) as staging:
             with _download_timeout(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                factory(root=staging, download=True, **kwargs)
+                factory(root=staging, download=True, **options)
             _move_into(Path(staging), root)
     except Exception as exc:  # urllib, socket, gdown and integrity errors all mean "no data"
         for folder in created:  # deepest first; only the folders this attempt made, and only if empty
@@ -142,7 +157,9 @@ def _move_into(source: Path, target: Path) -> None:
             entry.rename(destination)
 
 
-def _load_mnist_like(torchvision_name: str, name: str, other: str) -> Callable[[Path | None, bool, Log], tuple[torch.Tensor, torch.Tensor | None, str]]:
+def _load_mnist_like(
+    torchvision_name: str, name: str, other: str
+) -> Callable[[Path | None, bool, Log], tuple[torch.Tensor, torch.Tensor | None, str]]:
     """Loader of MNIST or Fashion-MNIST: the standard IDX files from --data-dir (or the cache), read by sagan."""
 
     def load(data_dir: Path | None, download: bool, log: Log) -> tuple[torch.Tensor, torch.Tensor | None, str]:
@@ -159,7 +176,14 @@ def _load_mnist_like(torchvision_name: str, name: str, other: str) -> Callable[[
                         f"{name} not found: no train-images-idx3-ubyte[.gz] in {root} or {root / torchvision_name / 'raw'}; "
                         "put the standard IDX files there or allow downloading (drop --no-download)"
                     )
-                _download(getattr(tvd, torchvision_name), name, root, download, "the standard IDX files (train-images-idx3-ubyte.gz, ...)", train=True)
+                _download(
+                    getattr(tvd, torchvision_name),
+                    name,
+                    root,
+                    download,
+                    {"train": True},
+                    "the standard IDX files (train-images-idx3-ubyte.gz, ...)",
+                )
             except DatasetError:
                 if name != "mnist" or data_dir is not None:
                     raise
@@ -171,10 +195,14 @@ def _load_mnist_like(torchvision_name: str, name: str, other: str) -> Callable[[
                 return images[:, None], labels, "bundled MNIST test digits"
             files = find_idx_files(root, torchvision_name, name)
             if files is None:
-                raise DatasetError(f"{name}: the download into {root} left no {torchvision_name}/raw/train-*-ubyte files")
+                raise DatasetError(
+                    f"{name}: the download into {root} left no {torchvision_name}/raw/train-*-ubyte files"
+                )
         folder = files.folder.absolute()
         if other in (folder.name, folder.parent.name if folder.name == "raw" else None):  # same file names in both sets
-            raise DatasetError(f"{name}: {files.folder} looks like {other}'s folder; pass the right --dataset or --data-dir")
+            raise DatasetError(
+                f"{name}: {files.folder} looks like {other}'s folder; pass the right --dataset or --data-dir"
+            )
         log(f"reading {name} from {files.images.name} and {files.labels.name} in {files.folder}")
         images, labels = read_idx_pair(files, name)
         return images[:, None], labels, f"IDX train files, content sha256 {content_sha256(images, labels)[:16]}"
@@ -207,7 +235,14 @@ DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
         DatasetSpec("mnist", 1, 28, 10, _load_mnist_like("MNIST", "mnist", "FashionMNIST"), "torchvision MNIST train"),
-        DatasetSpec("fashion-mnist", 1, 28, 10, _load_mnist_like("FashionMNIST", "fashion-mnist", "MNIST"), "torchvision FashionMNIST train"),
+        DatasetSpec(
+            "fashion-mnist",
+            1,
+            28,
+            10,
+            _load_mnist_like("FashionMNIST", "fashion-mnist", "MNIST"),
+            "torchvision FashionMNIST train",
+        ),
         DatasetSpec("cifar10", 3, 32, 10, _load_cifar10),
         DatasetSpec("celeba", 3, 64, 0, _load_celeba),
     )
@@ -330,7 +365,7 @@ def load_image_paths(paths: list[Path], channels: int, image_size: int, log: Log
         try:
             images[count] = decode_image(path, channels, image_size)
             count += 1
-        except Exception:  # noqa: BLE001 - a decoder fails in many ways on a damaged file; any of them means unreadable
+        except Exception:
             skipped.append(path)
     if skipped:
         log(f"warning: skipped {len(skipped)} unreadable image(s) in {what}, e.g. {skipped[0]}")

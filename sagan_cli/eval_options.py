@@ -14,6 +14,7 @@ from .metric_registry import METRIC_REGISTRY
 from .rundir import RUNS_ROOT
 from .sampling import check_truncation
 
+
 @dataclass(frozen=True)
 class EvalOptions:
     """What `sagan evaluate` and `sagan compare` were asked for."""
@@ -37,7 +38,7 @@ class EvalOptions:
         """FID and KID compare with a reference set; IS alone does not."""
         return any(METRIC_REGISTRY[name].needs_reference for name in self.metrics)
 
-    def validate(self) -> "EvalOptions":
+    def validate(self) -> EvalOptions:
         """Reject impossible values with a message naming the flag."""
         if self.num_samples < 2:
             raise UsageError(f"--num-samples must be at least 2, got {self.num_samples}")
@@ -46,7 +47,9 @@ class EvalOptions:
         check_seed(self.seed)
         check_truncation(self.truncation)
         if self.ref is not None and not self.needs_reference:
-            raise UsageError(f"--ref {self.ref} is only used by FID and KID, and only IS was asked for; drop --ref or add --fid / --kid")
+            raise UsageError(
+                f"--ref {self.ref} is only used by FID and KID, and only IS was asked for; drop --ref or add --fid / --kid"
+            )
         return self
 
 

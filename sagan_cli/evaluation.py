@@ -15,8 +15,8 @@ from .checkpoint import CheckpointInfo, load_generator, read_checkpoint_info
 from .data import ImageData, load_dataset
 from .errors import UsageError
 from .eval_options import EvalOptions
-from .logs import Log, no_log
 from .extractors import Extractor, digits_caveat, file_sha256, resolve_extractor
+from .logs import Log, no_log
 from .metrics import (
     GeneratorInput,
     ImageTensorDataset,
@@ -28,6 +28,7 @@ from .metrics import (
 from .model import Generator
 from .rundir import RUNS_ROOT, find_latest_checkpoint
 from .sampling import check_sample_count, sample_labels, sample_latents
+
 
 @dataclass
 class Reference:
@@ -80,7 +81,9 @@ class EvalResult:
             "num_samples": self.num_samples,
             "seed": self.seed,
             "truncation": self.truncation,
-            "reference": None if self.reference_id is None else {"id": self.reference_id, "num_images": self.reference_images},
+            "reference": None
+            if self.reference_id is None
+            else {"id": self.reference_id, "num_images": self.reference_images},
             "images_per_second": round(self.images_per_second, 1),
             **self.extra,
         }
@@ -126,7 +129,9 @@ def load_reference(name: str, info: CheckpointInfo, num_samples: int, log: Log) 
     return Reference(data, images, tensor_sha256(images))
 
 
-def plan_latents(num_samples: int, z_dim: int, num_classes: int, options: EvalOptions) -> tuple[torch.Tensor, torch.Tensor | None]:
+def plan_latents(
+    num_samples: int, z_dim: int, num_classes: int, options: EvalOptions
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The latents (N, z_dim) and labels (N,) | None that `sagan sample --seed S -n N` would use."""
     latents = sample_latents(num_samples, z_dim, options.seed, options.truncation)
     return latents, sample_labels(num_samples, num_classes, options.seed)
@@ -146,7 +151,9 @@ def score_generator(
     samples = GeneratorInput(generator, latents, labels, options.batch_size)
     cache_name = None
     if reference is not None:
-        cache_name = reference_cache_name(reference.data_id, reference.images.shape[0], extractor, reference.pixels_sha256)
+        cache_name = reference_cache_name(
+            reference.data_id, reference.images.shape[0], extractor, reference.pixels_sha256
+        )
     results = compute_metrics(
         samples,
         options.num_samples,
@@ -173,7 +180,9 @@ def prepare(checkpoint: Path, options: EvalOptions) -> tuple[Generator, Checkpoi
     """Check -n against memory and resolve the extractor, then load the generator: cheap checks before any expensive work."""
     info = read_checkpoint_info(checkpoint)
     check_sample_count(options.num_samples, info.model)
-    extractor = resolve_extractor(options.extractor, info.model.channels, info.model.image_size, options.inception_weights)
+    extractor = resolve_extractor(
+        options.extractor, info.model.channels, info.model.image_size, options.inception_weights
+    )
     return load_for_scoring(checkpoint, options), info, extractor
 
 
@@ -184,9 +193,13 @@ def evaluate_checkpoint(checkpoint: Path, options: EvalOptions, cache_folder: Pa
     caveat = digits_caveat(extractor, options.ref or info.dataset)
     if caveat:
         log(caveat)
-    reference = load_reference(options.ref or info.dataset, info, options.num_samples, log) if options.needs_reference else None
+    reference = (
+        load_reference(options.ref or info.dataset, info, options.num_samples, log) if options.needs_reference else None
+    )
     against = "" if reference is None else f" against {reference.data_id} ({reference.images.shape[0]} images)"
-    log(f"scoring {checkpoint} ({options.num_samples} samples, seed {options.seed}){against} with the {extractor.name} extractor")
+    log(
+        f"scoring {checkpoint} ({options.num_samples} samples, seed {options.seed}){against} with the {extractor.name} extractor"
+    )
     results, speed = score_generator(generator, info, reference, extractor, options, cache_folder, log)
     return EvalResult(
         checkpoint=checkpoint,

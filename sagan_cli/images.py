@@ -51,7 +51,9 @@ def save_image(image: torch.Tensor, path: Path, metadata: dict[str, str] | None 
     path = Path(path)
     image_format = IMAGE_FORMATS.get(path.suffix.lower())
     if image_format is None:
-        raise UsageError(f"cannot write {path}: unknown image extension {path.suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}")
+        raise UsageError(
+            f"cannot write {path}: unknown image extension {path.suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}"
+        )
     height, width = image.shape[1:]
     limit = MAX_SIDE.get(image_format)
     if limit is not None and max(height, width) > limit:
@@ -91,5 +93,7 @@ def save_gif(frames: list[torch.Tensor], path: Path, duration_ms: int = 120, com
     """Write uint8 (C, H, W) frames atomically as a looping GIF that plays forward and back; `comment` is kept."""
     pictures = [to_pil(frame) for frame in frames]
     sequence = pictures + pictures[-2:0:-1]
-    options = dict(format="GIF", save_all=True, append_images=sequence[1:], duration=duration_ms, loop=0, comment=comment.encode())
+    options = dict(
+        format="GIF", save_all=True, append_images=sequence[1:], duration=duration_ms, loop=0, comment=comment.encode()
+    )
     write_atomically(Path(path), _encode(sequence[0], path, **options))

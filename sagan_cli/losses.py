@@ -6,8 +6,8 @@ two functions from discriminator scores to the scalar each network minimises.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

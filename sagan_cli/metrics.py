@@ -14,10 +14,11 @@ import pickle
 import re
 import tempfile
 import time
-from contextlib import contextmanager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ContextManager, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,7 +76,9 @@ class GeneratorInput(GenerativeModelBase):
     CUDA exists, which would otherwise move a generator put on `--device cpu` (or cuda:1) to cuda:0.
     """
 
-    def __init__(self, generator: Generator, latents: torch.Tensor, labels: torch.Tensor | None, batch_size: int) -> None:
+    def __init__(
+        self, generator: Generator, latents: torch.Tensor, labels: torch.Tensor | None, batch_size: int
+    ) -> None:
         super().__init__()
         object.__setattr__(self, "generator", generator.eval())  # not a submodule: .cuda()/.to() leave it alone
         self.latents = latents  # (N, z_dim)
@@ -173,7 +176,9 @@ def cache_root(enabled: bool) -> Iterator[Path | None]:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"cannot create the metrics cache {folder} ({exc.strerror}); set {CACHE_ENV} or pass --no-cache") from None
+        raise UsageError(
+            f"cannot create the metrics cache {folder} ({exc.strerror}); set {CACHE_ENV} or pass --no-cache"
+        ) from None
     yield folder
 
 
@@ -189,7 +194,7 @@ def shared_cache(enabled: bool) -> Iterator[Path]:
             yield Path(folder)
 
 
-def _numpy_safe_globals() -> list[object]:
+def _numpy_safe_globals() -> list[Any]:
     """What a pickled float ndarray needs under weights_only (torch-fidelity saves FID statistics as numpy)."""
     try:
         from numpy._core.multiarray import _reconstruct  # numpy 2
@@ -199,7 +204,7 @@ def _numpy_safe_globals() -> list[object]:
     return [_reconstruct, np.ndarray, np.dtype, *dtype_classes]
 
 
-def _numpy_allowed() -> ContextManager[object]:
+def _numpy_allowed() -> AbstractContextManager[object]:
     """Allow those numpy globals for weights_only loads inside the block (torch 2.4 has only the global allow-list)."""
     scoped = getattr(torch.serialization, "safe_globals", None)
     if scoped is not None:
@@ -215,7 +220,7 @@ def _cache_entry_problem(path: Path) -> str | None:
             item = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:
         return "it holds objects other than tensors and arrays"
-    except Exception as exc:  # noqa: BLE001 - zip, mmap and I/O errors all mean "not a cache entry torch-fidelity wrote"
+    except Exception as exc:  # zip, mmap and I/O errors all mean "not a cache entry torch-fidelity wrote"
         return f"truncated or not written by torch.save ({exc.__class__.__name__})"
     if "-stat-fid-" in path.name:  # FID statistics: {"mu": (D,), "sigma": (D, D)} numpy arrays
         ok = isinstance(item, dict) and all(isinstance(item.get(key), np.ndarray) for key in ("mu", "sigma"))
@@ -244,7 +249,9 @@ def discard_unsafe_cache_files(cache_folder: Path, cache_name: str, log: Log = n
         try:
             path.unlink()
         except OSError as exc:
-            raise UsageError(f"cannot delete the damaged cache file {path} ({exc.strerror}); delete it by hand or pass --no-cache") from None
+            raise UsageError(
+                f"cannot delete the damaged cache file {path} ({exc.strerror}); delete it by hand or pass --no-cache"
+            ) from None
         log(f"warning: deleted damaged or unsafe cache file {path} ({problem}); recomputing it")
         discarded.append(path)
     return discarded

@@ -61,8 +61,11 @@ def find_idx_files(data_dir: Path, torchvision_name: str, dataset: str) -> IdxFi
         if images is None and labels is None:
             continue
         if images is None or labels is None:
-            missing = image_stem if images is None else label_stem
-            raise DatasetError(f"{dataset}: {folder} has {(images or labels).name} but no {missing}[.gz]; copy the missing file there")  # type: ignore[union-attr]
+            present, missing = (labels, image_stem) if images is None else (images, label_stem)
+            assert present is not None
+            raise DatasetError(
+                f"{dataset}: {folder} has {present.name} but no {missing}[.gz]; copy the missing file there"
+            )
         return IdxFiles(folder, images, labels)
     return None
 
@@ -85,7 +88,9 @@ def read_idx_pair(files: IdxFiles, dataset: str) -> tuple[torch.Tensor, torch.Te
             "(IDX magic 0x00000803); is it the right file?"
         )
     if tuple(images.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE) or images.shape[0] == 0:
-        raise DatasetError(f"{dataset}: {files.images} holds images of shape {tuple(images.shape)}, expected (N, 28, 28) with N > 0")
+        raise DatasetError(
+            f"{dataset}: {files.images} holds images of shape {tuple(images.shape)}, expected (N, 28, 28) with N > 0"
+        )
     labels = _read(files.labels, dataset)
     if labels.dtype != torch.uint8 or labels.dim() != 1:
         raise DatasetError(

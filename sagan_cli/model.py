@@ -35,13 +35,17 @@ def feature_resolutions(image_size: int) -> list[int]:
     return resolutions
 
 
-def check_image_shape(image_size: int, channels: int, size_name: str = "image size", channels_name: str = "channels") -> None:
+def check_image_shape(
+    image_size: int, channels: int, size_name: str = "image size", channels_name: str = "channels"
+) -> None:
     """Raise ValueError unless the model can make images of this size and channel count.
 
     The names let a caller speak the user's words (the train command passes its flags).
     """
     if image_size not in BOTTOM_RESOLUTION:
-        raise ValueError(f"{size_name} {image_size} is not supported; use one of {', '.join(map(str, SUPPORTED_IMAGE_SIZES))}")
+        raise ValueError(
+            f"{size_name} {image_size} is not supported; use one of {', '.join(map(str, SUPPORTED_IMAGE_SIZES))}"
+        )
     if channels not in (1, 3):
         raise ValueError(f"{channels_name} must be 1 or 3, got {channels}")
 
@@ -104,7 +108,7 @@ class ModelConfig:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelConfig":
+    def from_json(cls, text: str) -> ModelConfig:
         """Parse a config; unknown keys are an error, missing keys take defaults."""
         raw = json.loads(text)
         if not isinstance(raw, dict):
@@ -118,12 +122,18 @@ class ModelConfig:
         return cls(**raw)
 
 
-def sn_conv(in_ch: int, out_ch: int, kernel_size: int, padding: int = 0, bias: bool = True) -> nn.Module:
-    return spectral_norm(nn.Conv2d(in_ch, out_ch, kernel_size, padding=padding, bias=bias))
+def sn_conv(in_ch: int, out_ch: int, kernel_size: int, padding: int = 0, bias: bool = True) -> nn.Conv2d:
+    """A Conv2d with spectral norm on its weight (registered in place; `.weight` is the normalised one)."""
+    conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=padding, bias=bias)
+    spectral_norm(conv)
+    return conv
 
 
-def sn_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Module:
-    return spectral_norm(nn.Linear(in_features, out_features, bias=bias))
+def sn_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
+    """A Linear with spectral norm on its weight (registered in place)."""
+    linear = nn.Linear(in_features, out_features, bias=bias)
+    spectral_norm(linear)
+    return linear
 
 
 # Two exact rewrites that do the same arithmetic with fewer multiply-adds (docs/model.md derives them).
@@ -144,7 +154,7 @@ def _like_input(kernel: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return kernel.contiguous(memory_format=torch.channels_last) if channels_last else kernel
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _taps(kind: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor(UPSAMPLE_TAPS if kind == "up" else POOL_TAPS, device=device, dtype=dtype)  # (4, 3)
 
@@ -276,6 +286,7 @@ class DiscriminatorBlock(nn.Module):
         if not self.down:
             return self.conv2(h) + (x if self.shortcut is None else self.shortcut(x))
         h = conv3x3_avgpool(h, self.conv2.weight, self.conv2.bias)  # (B, Cout, H/2, W/2)
+        assert self.shortcut is not None  # every down block has one (__init__)
         return h + self.shortcut(F.avg_pool2d(x, 2))  # pool then 1x1 conv: same values as conv then pool, 4x cheaper
 
 
@@ -311,7 +322,7 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = self.project(z).view(z.shape[0], self.bottom_width, self.bottom, self.bottom)  # (B, C0, r0, r0)
-        for block, res in zip(self.blocks, self.resolutions[1:]):
+        for block, res in zip(self.blocks, self.resolutions[1:], strict=True):
             h = block(h, y)  # (B, C, res, res)
             if str(res) in self.attention:
                 h = self.attention[str(res)](h)
@@ -326,7 +337,9 @@ class Discriminator(nn.Module):
         self.config = config
         resolutions = feature_resolutions(config.image_size)[::-1]  # e.g. [28, 14, 7]
         n_blocks = len(resolutions) - 1
-        widths = [config.channels] + [_width(config.d_width, i) for i in range(n_blocks)]
+        d_width = config.d_width
+        assert d_width is not None  # ModelConfig.__post_init__ resolved it
+        widths = [config.channels] + [_width(d_width, i) for i in range(n_blocks)]
         self.blocks = nn.ModuleList(DiscriminatorBlock(widths[i], widths[i + 1], first=i == 0) for i in range(n_blocks))
         self.attention = nn.ModuleDict(
             {
@@ -349,7 +362,7 @@ class Discriminator(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = x
-        for block, res in zip(self.blocks, self.resolutions[1:]):
+        for block, res in zip(self.blocks, self.resolutions[1:], strict=True):
             h = block(h)  # (B, C, res, res)
             if str(res) in self.attention:
                 h = self.attention[str(res)](h)

@@ -54,7 +54,9 @@ def check_output_folder(folder: Path, names: list[str], force: bool) -> Path:
         raise UsageError(f"cannot read output folder {folder}: {exc.strerror}") from None
     clashes = [name for name in names if name in existing]
     if clashes and not force:
-        raise UsageError(f"{folder / clashes[0]} already exists ({len(clashes)} file(s) would be overwritten); pass --force")
+        raise UsageError(
+            f"{folder / clashes[0]} already exists ({len(clashes)} file(s) would be overwritten); pass --force"
+        )
     earlier = earlier_samples(folder, names)
     if earlier and not force:
         raise UsageError(
@@ -70,7 +72,8 @@ def earlier_samples(folder: Path, names: list[str]) -> list[Path]:
         return []
     keep = set(names)
     return sorted(
-        folder / name for name in os.listdir(folder)
+        folder / name
+        for name in os.listdir(folder)
         if SAMPLE_NAME.match(name) and name not in keep and (folder / name).is_file()
     )
 

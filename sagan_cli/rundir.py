@@ -17,15 +17,16 @@ import contextlib
 import json
 import re
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
+from .atomic import write_atomically
 from .checkpoint import read_checkpoint_info
 from .config import TrainConfig
 from .errors import CheckpointError, UsageError
-from .atomic import write_atomically
 from .images import save_image
 
 RUNS_ROOT = Path("runs")  # where `train` puts runs and `evaluate` looks for the latest one
@@ -46,7 +47,7 @@ class RunDir:
         self.samples = self.path / "samples"
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator["RunDir"]:
+    def locked(self) -> Iterator[RunDir]:
         """Hold an exclusive lock on the run while training it: two processes training one run would
         overwrite each other's checkpoints and metrics. Released when the block or process ends."""
         if not self.enabled:
@@ -93,7 +94,7 @@ class RunDir:
             cls(path)._acquire_lock().close()  # refuse to delete a run that another process is training
 
     @classmethod
-    def create(cls, path: Path, config: TrainConfig, force: bool = False, enabled: bool = True) -> "RunDir":
+    def create(cls, path: Path, config: TrainConfig, force: bool = False, enabled: bool = True) -> RunDir:
         """Start a new run directory; an existing run is only replaced with force.
 
         Callers run every other check first (the CLI: config, data, batch size): the old run is
@@ -187,7 +188,7 @@ class RunDir:
 
     def checkpoints_after(self, step: int) -> list[Path]:
         """Checkpoints (final included) of steps after `step`: what resuming from `step` abandons."""
-        later = [p for p in self.step_checkpoints() if int(STEP_PATTERN.match(p.name).group(1)) > step]
+        later = [p for p in self.step_checkpoints() if (m := STEP_PATTERN.match(p.name)) and int(m.group(1)) > step]
         final = self.checkpoints / f"{FINAL_NAME}.safetensors"
         try:
             if final.exists() and read_checkpoint_info(final).step > step:

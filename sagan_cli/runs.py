@@ -14,7 +14,7 @@ from typing import Any
 
 from .checkpoint import read_checkpoint_info
 from .config import RESUMABLE_OVERRIDES, TrainConfig, config_differences
-from .data import is_folder_dataset, native_shape
+from .data import DATASETS, is_folder_dataset, native_shape
 from .errors import UsageError
 from .model import ModelConfig, check_image_shape, feature_resolutions
 from .rundir import RUNS_ROOT, RunDir, unique_run_path
@@ -59,7 +59,8 @@ def _new_config(given: dict[str, Any], model_given: dict[str, Any], conditional:
     dataset = given.get("dataset", TrainConfig().dataset)
     channels, image_size, num_classes = native_shape(dataset)
     if conditional and num_classes == 0:
-        raise UsageError(f"--conditional needs a labelled dataset (mnist, fashion-mnist, cifar10); {dataset!r} has no labels")
+        labelled = ", ".join(name for name, spec in DATASETS.items() if spec.num_classes)
+        raise UsageError(f"--conditional needs a labelled dataset ({labelled}); {dataset!r} has no labels")
     model_values = {"image_size": image_size, "channels": channels, **model_given}
     model_values["num_classes"] = num_classes if conditional else 0
     try:
@@ -130,7 +131,9 @@ def _check_resume_step(config: TrainConfig, run: RunDir, checkpoint: Path, force
     if checkpoint.name == "final.safetensors" and config.max_steps <= info.step:
         raise UsageError(f"{run.path} already finished at step {info.step}; pass a larger --max-steps to train on")
     if config.max_steps < info.step:
-        raise UsageError(f"--max-steps {config.max_steps} is below the checkpoint's step {info.step} ({checkpoint}); raise it")
+        raise UsageError(
+            f"--max-steps {config.max_steps} is below the checkpoint's step {info.step} ({checkpoint}); raise it"
+        )
     later = run.checkpoints_after(info.step)
     if later and not force:
         raise UsageError(

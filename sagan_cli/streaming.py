@@ -18,7 +18,16 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .data import DATASETS, ImageData, _SizedPaths, decode_image, load_dataset, load_folder_paths, load_image_paths, native_shape
+from .data import (
+    DATASETS,
+    ImageData,
+    _SizedPaths,
+    decode_image,
+    load_dataset,
+    load_folder_paths,
+    load_image_paths,
+    native_shape,
+)
 from .errors import DatasetError, UsageError
 from .logs import Log
 from .runtime import available_memory_bytes
@@ -84,7 +93,7 @@ class ImageFiles(Dataset):
             path = self.paths[(index + offset) % len(self.paths)]
             try:
                 return decode_image(path, self.channels, self.image_size), unreadable
-            except Exception:  # noqa: BLE001 - as in data.load_image_paths: any decoder failure means unreadable
+            except Exception:
                 unreadable.append(str(path))
         raise DatasetError(f"no readable image among the {len(self.paths)} files of the set")
 
@@ -142,7 +151,9 @@ def real_batches(
         new = [path for path in batch.unreadable if path not in seen]
         seen.update(new)
         if new and _worth_logging(len(seen) - len(new), len(seen)):
-            log(f"warning: {len(seen)} unreadable image(s) so far, each replaced by the next readable file (latest: {new[-1]})")
+            log(
+                f"warning: {len(seen)} unreadable image(s) so far, each replaced by the next readable file (latest: {new[-1]})"
+            )
         yield batch
 
 
@@ -159,7 +170,9 @@ def resolve_data_mode(mode: str, count: int, channels: int, image_size: int, wor
     sizes = f"{count:,} images at {channels}x{image_size}x{image_size}: {need / 2**30:,.2f} GiB as uint8, {have / 2**30:,.1f} GiB free"
     if mode == "auto":
         mode = "memory" if need <= COMFORTABLE_FRACTION * have else "stream"
-        chosen = "preloading them" if mode == "memory" else f"streaming them from disk with {workers} worker process(es)"
+        chosen = (
+            "preloading them" if mode == "memory" else f"streaming them from disk with {workers} worker process(es)"
+        )
         log(f"data: {what}, {sizes}; {chosen} (--data-mode auto)")
     elif mode == "stream":
         log(f"data: {what}, {sizes}; streaming them from disk with {workers} worker process(es)")
@@ -180,8 +193,12 @@ def load_training_data(
     """The training set in the requested mode: folders and CelebA may stream; the others are always in memory."""
     if name in DATASETS and name != "celeba":
         if data_mode == "stream":
-            raise UsageError(f"--data-mode stream applies to image folders and celeba; {name} is held in memory; drop --data-mode")
-        return load_dataset(name, image_size=image_size, channels=channels, data_dir=data_dir, download=download, log=log)
+            raise UsageError(
+                f"--data-mode stream applies to image folders and celeba; {name} is held in memory; drop --data-mode"
+            )
+        return load_dataset(
+            name, image_size=image_size, channels=channels, data_dir=data_dir, download=download, log=log
+        )
     native_shape(name)  # an unknown name is a usage error before any file is touched
     if name in DATASETS:  # celeba: torchvision finds the files, sagan decodes them
         raw, _, source = DATASETS[name].load(data_dir, download, log)
@@ -203,7 +220,6 @@ def _check_one_decodes(paths: list[Path], channels: int, image_size: int, what: 
         try:
             decode_image(path, channels, image_size)
             return
-        except Exception:  # noqa: BLE001
+        except Exception:
             continue
     raise DatasetError(f"no readable image among the first {min(len(paths), 64)} files of {what}")
-

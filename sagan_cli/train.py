@@ -12,23 +12,23 @@ import copy
 import functools
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import torch
 
 from .checkpoint import load_module_state, load_optimizer_state, read_checkpoint_info, save_checkpoint
 from .config import TrainConfig
 from .data import to_model_range
-from .errors import DivergenceError, Interrupted, UsageError
-from .errors import EXIT_SIGINT, EXIT_SIGTERM
-from .model import Discriminator, Generator, attention_gammas
-from .rundir import RunDir
-from .runtime import preferred_memory_format
+from .errors import EXIT_SIGINT, EXIT_SIGTERM, DivergenceError, Interrupted, UsageError
 from .images import make_grid
 from .logs import no_log
 from .losses import get_loss
+from .model import Discriminator, Generator, attention_gammas
+from .rundir import RunDir
+from .runtime import preferred_memory_format
 from .sampling import generate, sample_latents
 from .streaming import RealBatch, TrainingData, real_batches
 
@@ -96,8 +96,8 @@ def build_state(config: TrainConfig, device: torch.device) -> TrainState:
     """Fresh models and optimizers, initialised from the run's seed."""
     torch.manual_seed(config.seed)
     memory_format = preferred_memory_format(device)
-    generator = Generator(config.model).to(device, memory_format=memory_format)
-    discriminator = Discriminator(config.model).to(device, memory_format=memory_format)
+    generator = Generator(config.model).to(device).to(memory_format=memory_format)
+    discriminator = Discriminator(config.model).to(device).to(memory_format=memory_format)
     generator_ema = copy.deepcopy(generator).eval().requires_grad_(False) if config.ema else None
     optimizer_g = _adam(generator, config.lr_g, config, device)
     optimizer_d = _adam(discriminator, config.lr_d, config, device)
@@ -160,9 +160,10 @@ def restore_state(state: TrainState, checkpoint: Path) -> None:
 @torch.no_grad()
 def update_ema(ema: Generator, model: Generator, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model for parameters; buffers (BN stats, SN vectors) copied."""
-    ema_params, params = list(ema.parameters()), list(model.parameters())
+    ema_params: list[torch.Tensor] = list(ema.parameters())
+    params: list[torch.Tensor] = list(model.parameters())
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
         ema_buffer.copy_(buffer)
 
 
@@ -174,7 +175,11 @@ def ema_decay_at(step: int, config: TrainConfig) -> float:
 
 
 def train_step(
-    state: TrainState, data: TrainingData, config: TrainConfig, device: torch.device, batches: Iterator[RealBatch] | None = None
+    state: TrainState,
+    data: TrainingData,
+    config: TrainConfig,
+    device: torch.device,
+    batches: Iterator[RealBatch] | None = None,
 ) -> dict[str, torch.Tensor]:
     """One iteration: d_steps discriminator updates, then one generator update, with the run's loss.
 
@@ -188,15 +193,21 @@ def train_step(
     conditional = model.num_classes > 0
     if batches is None:
         first = state.step * config.d_steps
-        batches = real_batches(data, index_function(len(data), config), first, first + config.d_steps, device, 0, no_log)
+        batches = real_batches(
+            data, index_function(len(data), config), first, first + config.d_steps, device, 0, no_log
+        )
     for d_step in range(config.d_steps):
         batch = next(batches)  # the images of batch_indices(step * d_steps + d_step)
-        real = to_model_range(batch.images.to(device, non_blocking=True)).contiguous(memory_format=memory_format)  # (B, C, S, S)
+        real = to_model_range(batch.images.to(device, non_blocking=True)).contiguous(
+            memory_format=memory_format
+        )  # (B, C, S, S)
         real_labels = batch.labels.to(device) if conditional and batch.labels is not None else None
         rng = step_generator(config.seed, state.step * config.d_steps + d_step, STREAM_LATENTS)
         z = torch.randn(config.batch_size, model.z_dim, generator=rng).to(device)
         fake_labels = (
-            torch.randint(model.num_classes, (config.batch_size,), generator=rng).to(device) if conditional else None
+            None
+            if not conditional
+            else torch.randint(model.num_classes, (config.batch_size,), generator=rng).to(device)
         )
         # The last D step's fakes are kept with their graph and reused for the G step: G's weights
         # have not changed since, so this saves a forward. It is not bit-exact with a fresh forward:
@@ -205,7 +216,7 @@ def train_step(
         keep_graph = d_step == config.d_steps - 1
         with torch.set_grad_enabled(keep_graph):
             fake = G(z, fake_labels)  # (B, C, S, S)
-        labels = torch.cat([real_labels, fake_labels]) if conditional else None
+        labels = None if real_labels is None or fake_labels is None else torch.cat([real_labels, fake_labels])
         scores = D(torch.cat([real, fake.detach()]), labels)  # (2B,): one D pass for real and fake
         d_real, d_fake = scores[: config.batch_size], scores[config.batch_size :]
         loss_d = loss.discriminator(d_real, d_fake)
@@ -279,15 +290,15 @@ def preview_grid(state: TrainState, config: TrainConfig) -> torch.Tensor:
     was_training = generator.training
     generator.eval()
     latents = sample_latents(PREVIEW_SAMPLES, config.model.z_dim, config.seed)
-    labels = (
-        torch.arange(PREVIEW_SAMPLES) % config.model.num_classes if config.model.num_classes else None
-    )
+    labels = torch.arange(PREVIEW_SAMPLES) % config.model.num_classes if config.model.num_classes else None
     images = generate(generator, latents, labels)
     generator.train(was_training)
     return make_grid(images, nrow=8)
 
 
-def save_training_checkpoint(state: TrainState, config: TrainConfig, run: RunDir, name: str, data: TrainingData) -> Path | None:
+def save_training_checkpoint(
+    state: TrainState, config: TrainConfig, run: RunDir, name: str, data: TrainingData
+) -> Path | None:
     """Write a full checkpoint (after checking the weights are finite); None when this rank does not write."""
     if not weights_are_finite(state.generator, state.discriminator, state.generator_ema):
         last = run.latest_checkpoint()
@@ -359,7 +370,13 @@ def _train_loop(
     watch = FiniteWatch()
     index_of = index_function(len(data), config)
     batches = real_batches(
-        data, index_of, state.step * config.d_steps, config.max_steps * config.d_steps, device, config.data_workers, reporter.log
+        data,
+        index_of,
+        state.step * config.d_steps,
+        config.max_steps * config.d_steps,
+        device,
+        config.data_workers,
+        reporter.log,
     )
     try:
         while state.step < config.max_steps:
@@ -369,17 +386,23 @@ def _train_loop(
             state.train_seconds += time.perf_counter() - step_start
             window_steps += 1
             last = state.step == config.max_steps
-            if last or stop.signal_number is not None or any(
-                state.step % every == 0 for every in (config.log_every, config.sample_every, config.save_every)
+            if (
+                last
+                or stop.signal_number is not None
+                or any(state.step % every == 0 for every in (config.log_every, config.sample_every, config.save_every))
             ):
                 watch.check(last_checkpoint)  # before anything is logged, drawn or saved
             if state.step % config.log_every == 0 or state.step == config.max_steps:
                 now = time.perf_counter()
                 stats = {k: float(v) for k, v in losses.items()}
-                stats["images_per_second"] = window_steps * config.batch_size * config.d_steps / max(now - window_start, 1e-9)
+                stats["images_per_second"] = (
+                    window_steps * config.batch_size * config.d_steps / max(now - window_start, 1e-9)
+                )
                 gammas = {f"gamma_g{k}": v for k, v in attention_gammas(state.generator).items()}
                 gammas.update({f"gamma_d{k}": v for k, v in attention_gammas(state.discriminator).items()})
-                run.append_metrics({"step": state.step, "train_seconds": round(state.train_seconds, 3), **stats, **gammas})
+                run.append_metrics(
+                    {"step": state.step, "train_seconds": round(state.train_seconds, 3), **stats, **gammas}
+                )
                 reporter.step(state.step, {**stats, **gammas})
                 window_start, window_steps = now, 0
             if state.step % config.sample_every == 0 or state.step == config.max_steps:
@@ -405,5 +428,7 @@ def _train_loop(
             run.prune_checkpoints(config.keep)
         code = EXIT_SIGINT if stop.signal_number == signal.SIGINT else EXIT_SIGTERM
         saved = f"saved {last_checkpoint}" if last_checkpoint else "the main process saved a checkpoint"
-        raise Interrupted(f"stopped at step {state.step}; {saved}; continue with: sagan train --resume {run.path}", code)
+        raise Interrupted(
+            f"stopped at step {state.step}; {saved}; continue with: sagan train --resume {run.path}", code
+        )
     return save_training_checkpoint(state, config, run, "final", data)

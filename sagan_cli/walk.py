@@ -6,9 +6,9 @@ label, batch of one), so the first and last frame of every row equal those sampl
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -87,7 +87,9 @@ def parse_seeds(values: list[str]) -> list[int]:
             try:
                 seeds.append(int(part))
             except ValueError:
-                raise UsageError(f"--seeds {value!r}: {part!r} is not an integer seed; write e.g. --seeds 3,7") from None
+                raise UsageError(
+                    f"--seeds {value!r}: {part!r} is not an integer seed; write e.g. --seeds 3,7"
+                ) from None
             check_seed(seeds[-1], "--seeds")
     if not seeds:
         raise UsageError("--seeds needs at least one seed, e.g. --seeds 3,7")
@@ -108,15 +110,21 @@ def parse_classes(text: str | None, num_classes: int) -> tuple[int, int] | None:
         raise UsageError(f"--classes {text!r} needs exactly two classes, e.g. --classes 1,7")
     bad = [c for c in values if not 0 <= c < num_classes]
     if bad:
-        raise UsageError(f"--classes {text}: class {bad[0]} is out of range; this model has classes 0..{num_classes - 1}")
+        raise UsageError(
+            f"--classes {text}: class {bad[0]} is out of range; this model has classes 0..{num_classes - 1}"
+        )
     return values[0], values[1]
 
 
-def plan_rows(seeds: list[int], num_classes: int, class_index: int | None, classes: tuple[int, int] | None) -> list[WalkRow]:
+def plan_rows(
+    seeds: list[int], num_classes: int, class_index: int | None, classes: tuple[int, int] | None
+) -> list[WalkRow]:
     """Rows of the walk: consecutive seed pairs, or (with --classes) one class walk per seed."""
     if classes is not None:
         if class_index is not None:
-            raise UsageError("--class and --classes exclude each other; use --class C to fix the class or --classes A,B to walk")
+            raise UsageError(
+                "--class and --classes exclude each other; use --class C to fix the class or --classes A,B to walk"
+            )
         return [WalkRow(seed, seed, classes[0], classes[1]) for seed in seeds]
     if len(seeds) % 2:
         raise UsageError(
@@ -128,7 +136,7 @@ def plan_rows(seeds: list[int], num_classes: int, class_index: int | None, class
         labels = sample_labels(1, num_classes, seed, class_index)
         return None if labels is None else int(labels[0])
 
-    return [WalkRow(a, b, label(a), label(b)) for a, b in zip(seeds[::2], seeds[1::2])]
+    return [WalkRow(a, b, label(a), label(b)) for a, b in zip(seeds[::2], seeds[1::2], strict=True)]
 
 
 @contextmanager

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TRAIN_FLAGS, run_cli
 
 from sagan_cli.idx import encode_idx
-from conftest import TINY_TRAIN_FLAGS, run_cli
 
 N = 40  # images in the written training split: enough for a few batches of 8
 
@@ -56,13 +56,18 @@ def test_trains_from_flat_gzipped_files_and_resumes_from_a_torchvision_layout_co
 
 def test_other_content_does_not_resume(tmp_path: Path) -> None:
     images, labels = _split()
-    first = _train("--data-dir", write_idx_files(tmp_path / "a", images, labels), "--out", tmp_path / "runs", "--name", "fm")
+    first = _train(
+        "--data-dir", write_idx_files(tmp_path / "a", images, labels), "--out", tmp_path / "runs", "--name", "fm"
+    )
     assert first.exit_code == 0, first.stderr
     other_images, _ = _split(seed=1)  # same shape and count, other pixels
     other = write_idx_files(tmp_path / "b", other_images, labels)
     resumed = run_cli("train", "--resume", tmp_path / "runs" / "fm", "--max-steps", 6, "--data-dir", other)
     assert resumed.exit_code == 2
-    assert resumed.stderr.strip().splitlines()[-1].startswith("error: --resume") and "make the same data available" in resumed.stderr
+    assert (
+        resumed.stderr.strip().splitlines()[-1].startswith("error: --resume")
+        and "make the same data available" in resumed.stderr
+    )
 
 
 def test_the_named_folder_of_a_torchvision_root_is_found(tmp_path: Path) -> None:
@@ -132,7 +137,9 @@ def test_a_failed_download_leaves_nothing_in_the_data_dir(tmp_path: Path, monkey
     given.mkdir()
     new = tmp_path / "new" / "sub"  # folders the attempt would create are removed again too
     for data_dir in (given, new):
-        result = run_cli("train", "--dataset", "fashion-mnist", "--data-dir", data_dir, "--max-steps", 1, "--out", tmp_path / "runs")
+        result = run_cli(
+            "train", "--dataset", "fashion-mnist", "--data-dir", data_dir, "--max-steps", 1, "--out", tmp_path / "runs"
+        )
         assert result.exit_code == 2, result.stderr
         assert "could not download fashion-mnist" in result.stderr and "train-images-idx3-ubyte.gz" in result.stderr
     assert list(given.iterdir()) == [] and not (tmp_path / "new").exists()

@@ -198,7 +198,7 @@ def test_conv_rewrites_equal_the_textbook_formulation(rewrite: str, size: int, c
     probe = torch.randn_like(reference)
     grads = torch.autograd.grad(ours, (x, weight, bias), probe)
     reference_grads = torch.autograd.grad(reference, (x, weight, bias), probe)
-    for got, want in zip(grads, reference_grads):
+    for got, want in zip(grads, reference_grads, strict=True):
         assert torch.allclose(got, want, atol=1e-9)
     if channels_last:  # a contiguous input gradient would make every later elementwise backward slow
         assert grads[0].is_contiguous(memory_format=torch.channels_last)

@@ -29,8 +29,13 @@ def test_sample_does_not_import_torchvision(tiny_checkpoint, tmp_path) -> None:
         "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code in (0, None), exc.code\n"
         "print('torchvision' in sys.modules, file=sys.stderr)\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "g.png").is_file()
     assert result.stderr.strip().splitlines()[-1] == "False", result.stderr

@@ -6,13 +6,30 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-
 from conftest import run_cli
+from PIL import Image
 from test_reliability import assert_same_tensors
 
-TINY = ["--image-size", "32", "--batch-size", "8", "--g-width", "8", "--d-width", "8", "--z-dim", "16", "--log-every", "1",
-        "--sample-every", "100", "--save-every", "2", "--keep", "10"]
+TINY = [
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--g-width",
+    "8",
+    "--d-width",
+    "8",
+    "--z-dim",
+    "16",
+    "--log-every",
+    "1",
+    "--sample-every",
+    "100",
+    "--save-every",
+    "2",
+    "--keep",
+    "10",
+]
 
 
 def png_folder(folder: Path, count: int = 20, corrupt: bool = False) -> Path:
@@ -44,7 +61,10 @@ def test_streaming_skips_a_corrupt_image_with_a_count_and_resumes_exactly(tmp_pa
     train(folder, tmp_path, "split", "--data-mode", "stream", "--data-workers", "1", "--max-steps", 2)
     resumed = run_cli("train", "--resume", tmp_path / "split", "--max-steps", 4, "--data-workers", "0")
     assert resumed.exit_code == 0, resumed.stderr
-    assert_same_tensors(tmp_path / "whole" / "checkpoints" / "final.safetensors", tmp_path / "split" / "checkpoints" / "final.safetensors")
+    assert_same_tensors(
+        tmp_path / "whole" / "checkpoints" / "final.safetensors",
+        tmp_path / "split" / "checkpoints" / "final.safetensors",
+    )
 
 
 def test_memory_and_stream_modes_give_the_same_weights_and_resume_each_other(tmp_path: Path) -> None:
@@ -52,7 +72,10 @@ def test_memory_and_stream_modes_give_the_same_weights_and_resume_each_other(tmp
     memory = train(folder, tmp_path, "memory", "--data-mode", "memory", "--max-steps", 3)
     assert "streaming" not in memory.stderr
     train(folder, tmp_path, "stream", "--data-mode", "stream", "--data-workers", "2", "--max-steps", 3)
-    assert_same_tensors(tmp_path / "memory" / "checkpoints" / "final.safetensors", tmp_path / "stream" / "checkpoints" / "final.safetensors")
+    assert_same_tensors(
+        tmp_path / "memory" / "checkpoints" / "final.safetensors",
+        tmp_path / "stream" / "checkpoints" / "final.safetensors",
+    )
     # A run preloaded at first continues streaming (e.g. `auto` chose differently on a busier machine).
     resumed = run_cli("train", "--resume", tmp_path / "memory", "--max-steps", 4, "--data-mode", "stream")
     assert resumed.exit_code == 0, resumed.stderr

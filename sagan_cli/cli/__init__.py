@@ -27,7 +27,8 @@ def debug_enabled() -> bool:
 
 
 # Typer >= 0.29 vendors click; older releases use the click package. Find its UsageError either way.
-ClickUsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+# Typed Any: mypy cannot know which click it is, and its instances have ctx and format_message().
+ClickUsageError: type[Any] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
 class SaganGroup(TyperGroup):

@@ -5,7 +5,7 @@ compare.py and metrics.py. Defaults: eval_options.EvalOptions; the metrics: metr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, List, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -53,7 +53,7 @@ def _format_metric(results: dict[str, float], spec: MetricSpec, with_std: bool =
 
 def evaluate(
     checkpoint: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Argument(help="A checkpoint (default: newest checkpoint of the most recent run in --runs)"),
     ] = None,
     fid: options.Fid = False,
@@ -69,9 +69,9 @@ def evaluate(
     inception_weights: options.InceptionWeights = DEFAULTS.inception_weights,
     cache: options.Cache = DEFAULTS.cache,
     as_json: options.Json = False,
-    max_fid: Annotated[Optional[float], _gate_option("fid")] = None,
-    min_isc: Annotated[Optional[float], _gate_option("isc")] = None,
-    max_kid: Annotated[Optional[float], _gate_option("kid")] = None,
+    max_fid: Annotated[float | None, _gate_option("fid")] = None,
+    min_isc: Annotated[float | None, _gate_option("isc")] = None,
+    max_kid: Annotated[float | None, _gate_option("kid")] = None,
     runs: Annotated[
         Path, typer.Option("--runs", help="Where to look for the latest run when no CKPT is given")
     ] = DEFAULTS.runs,
@@ -111,12 +111,18 @@ def _print_eval_table(result: Any) -> None:
     console = Console(stderr=True)
     console.print(f"checkpoint  {result.checkpoint}", highlight=False, markup=False)
     console.print(table)
-    _print_details(console, result.extractor, result.num_samples, result.seed, result.reference_id, result.reference_images)
+    _print_details(
+        console, result.extractor, result.num_samples, result.seed, result.reference_id, result.reference_images
+    )
     console.print(f"speed       {result.images_per_second:.0f} images/s", highlight=False, markup=False)
 
 
-def _print_details(console: Any, extractor: Any, num_samples: int, seed: int, reference_id: str | None, reference_images: int | None) -> None:
-    reference = "none (IS needs no reference)" if reference_id is None else f"{reference_id} ({reference_images} images)"
+def _print_details(
+    console: Any, extractor: Any, num_samples: int, seed: int, reference_id: str | None, reference_images: int | None
+) -> None:
+    reference = (
+        "none (IS needs no reference)" if reference_id is None else f"{reference_id} ({reference_images} images)"
+    )
     for label, text in (
         ("extractor", f"{extractor.name} ({extractor.fidelity_name}, weights sha256 {extractor.weights_sha256[:12]})"),
         ("samples", f"{num_samples}, seed {seed}"),
@@ -126,7 +132,7 @@ def _print_details(console: Any, extractor: Any, num_samples: int, seed: int, re
 
 
 def compare(
-    checkpoints: Annotated[List[Path], typer.Argument(help="Two or more checkpoints of the same image shape")],
+    checkpoints: Annotated[list[Path], typer.Argument(help="Two or more checkpoints of the same image shape")],
     fid: options.Fid = False,
     isc: options.Isc = False,
     kid: options.Kid = False,
@@ -141,7 +147,7 @@ def compare(
     cache: options.Cache = DEFAULTS.cache,
     as_json: options.Json = False,
     output: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("-o", "--output", help="Also write a side-by-side grid: one row per model, same z"),
     ] = None,
     grid_n: Annotated[int, typer.Option("--grid-n", help="Images per model in the -o grid")] = DEFAULTS.grid_n,
@@ -164,22 +170,39 @@ def compare(
     with shared_cache(cache) as folder:
         rows, used_extractor, reference = compare_checkpoints(list(checkpoints), eval_options, folder, log)
     if output is not None:
-        grid = make_grid(side_by_side(list(checkpoints), grid_n, seed, truncation, ema, resolve_device(device)), nrow=grid_n)
-        save_image(grid, output, {
-            "checkpoints": ";".join(map(str, checkpoints)), "seed": str(seed), "truncation": str(truncation),
-            "rows": ";".join(row.name for row in rows),
-        })
+        grid = make_grid(
+            side_by_side(list(checkpoints), grid_n, seed, truncation, ema, resolve_device(device)), nrow=grid_n
+        )
+        save_image(
+            grid,
+            output,
+            {
+                "checkpoints": ";".join(map(str, checkpoints)),
+                "seed": str(seed),
+                "truncation": str(truncation),
+                "rows": ";".join(row.name for row in rows),
+            },
+        )
     if as_json:
-        print_json({
-            "schema": "sagan.compare/1",
-            "extractor": {"name": used_extractor.name, "fidelity_name": used_extractor.fidelity_name,
-                          "weights_sha256": used_extractor.weights_sha256},
-            "reference": None if reference is None else {"id": reference.data_id, "num_images": int(reference.images.shape[0])},
-            "num_samples": num_samples, "seed": seed, "truncation": truncation,
-            "models": [row.to_json() for row in rows],
-            "grid": str(output) if output is not None else None,
-            "versions": versions(),
-        })
+        print_json(
+            {
+                "schema": "sagan.compare/1",
+                "extractor": {
+                    "name": used_extractor.name,
+                    "fidelity_name": used_extractor.fidelity_name,
+                    "weights_sha256": used_extractor.weights_sha256,
+                },
+                "reference": None
+                if reference is None
+                else {"id": reference.data_id, "num_images": int(reference.images.shape[0])},
+                "num_samples": num_samples,
+                "seed": seed,
+                "truncation": truncation,
+                "models": [row.to_json() for row in rows],
+                "grid": str(output) if output is not None else None,
+                "versions": versions(),
+            }
+        )
     elif output is not None:
         print(output)
     _print_compare_table(rows, used_extractor, reference, eval_options)
@@ -197,9 +220,15 @@ def _print_compare_table(rows: list[Any], extractor: Any, reference: Any, option
 
     titles = ["model", "attention", "G params", "steps", "train time", *[spec.title for spec in shown], "img/s"]
     cells = [  # one list of field values per model
-        [row.name, row.attention, f"{row.parameters:,}", str(row.info.step), train_time(row),
-         *[_format_metric(row.metrics, spec, with_std=False) for spec in shown],
-         f"{row.images_per_second:.0f}"]
+        [
+            row.name,
+            row.attention,
+            f"{row.parameters:,}",
+            str(row.info.step),
+            train_time(row),
+            *[_format_metric(row.metrics, spec, with_std=False) for spec in shown],
+            f"{row.images_per_second:.0f}",
+        ]
         for row in rows
     ]
     console = Console(stderr=True)
@@ -219,7 +248,9 @@ def _print_compare_table(rows: list[Any], extractor: Any, reference: Any, option
         for values in cells:
             table.add_row(*values)
     console.print(table)
-    reference_id, reference_images = (None, None) if reference is None else (reference.data_id, int(reference.images.shape[0]))
+    reference_id, reference_images = (
+        (None, None) if reference is None else (reference.data_id, int(reference.images.shape[0]))
+    )
     _print_details(console, extractor, options.num_samples, options.seed, reference_id, reference_images)
 
 

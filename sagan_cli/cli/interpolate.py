@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,21 +23,25 @@ EPILOG = (
 def interpolate(
     checkpoint: options.CheckpointArg,
     seeds: Annotated[
-        List[str],
-        typer.Option("--seeds", help="Seed pairs start,end; more pairs = more rows (3,7,1,2 or repeat --seeds)"),
-    ] = list(DEFAULTS.seeds),
+        list[str] | None,
+        typer.Option(
+            "--seeds",
+            help="Seed pairs start,end; more pairs = more rows (3,7,1,2 or repeat --seeds) "
+            f"(default: {' '.join(DEFAULTS.seeds)})",
+        ),
+    ] = None,
     steps: Annotated[int, typer.Option("--steps", help="Frames per row, both endpoints included")] = DEFAULTS.steps,
     lerp: Annotated[bool, typer.Option("--lerp", help="Straight-line interpolation instead of slerp")] = False,
     class_index: options.ClassIndex = None,
     classes: Annotated[
-        Optional[str], typer.Option("--classes", help="Walk from class A to class B at each seed's fixed z, e.g. 1,7")
+        str | None, typer.Option("--classes", help="Walk from class A to class B at each seed's fixed z, e.g. 1,7")
     ] = None,
     truncation: options.Truncation = DEFAULTS.truncation,
     output: Annotated[
         Path, typer.Option("-o", "--output", help="A grid image (.png/.jpg/.webp) or an animation (.gif)")
     ] = Path(DEFAULTS.output),
     duration_ms: Annotated[
-        Optional[int],
+        int | None,
         typer.Option("--frame-ms", help=f"GIF frame duration in milliseconds (default: {DEFAULTS.frame_ms})"),
     ] = None,
     ema: options.Ema = DEFAULTS.use_ema,
@@ -60,7 +64,7 @@ def interpolate(
     if duration_ms < DEFAULTS.min_frame_ms:
         raise UsageError(f"--frame-ms must be at least {DEFAULTS.min_frame_ms}, got {duration_ms}")
     check_truncation(truncation)
-    seed_list = parse_seeds(seeds)
+    seed_list = parse_seeds(list(DEFAULTS.seeds) if seeds is None else seeds)
     check_output_file(output, WALK_SUFFIXES, force)
     generator, info = load_generator(checkpoint, use_ema=ema, device=resolve_device(device))
     check_class(class_index, info.model.num_classes)

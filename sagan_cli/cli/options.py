@@ -7,7 +7,7 @@ object (TrainConfig, SampleOptions, WalkOptions, EvalOptions), which the Python 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,8 +17,10 @@ from ..metric_registry import METRIC_REGISTRY
 
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps")]
 Ema = Annotated[bool, typer.Option("--ema/--no-ema", help="Use the EMA generator when the checkpoint has one")]
-Truncation = Annotated[float, typer.Option("--truncation", help="Scale latents by T in (0, 1]: lower = cleaner, less varied")]
-ClassIndex = Annotated[Optional[int], typer.Option("--class", help="Class to draw (conditional models only)")]
+Truncation = Annotated[
+    float, typer.Option("--truncation", help="Scale latents by T in (0, 1]: lower = cleaner, less varied")
+]
+ClassIndex = Annotated[int | None, typer.Option("--class", help="Class to draw (conditional models only)")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing output files")]
 CheckpointArg = Annotated[Path, typer.Argument(help="A .safetensors checkpoint written by sagan train")]
 
@@ -34,13 +36,18 @@ Fid = Annotated[bool, _metric_option("fid")]
 Isc = Annotated[bool, _metric_option("isc")]
 Kid = Annotated[bool, _metric_option("kid")]
 Ref = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--ref", help="Reference: a dataset name or image folder (default: the checkpoints' training data)"),
 ]
 NumSamples = Annotated[
-    int, typer.Option("--num-samples", "-n", help="Generated images per checkpoint (the reference uses as many, or all it has)")
+    int,
+    typer.Option(
+        "--num-samples", "-n", help="Generated images per checkpoint (the reference uses as many, or all it has)"
+    ),
 ]
-EvalSeed = Annotated[int, typer.Option("--seed", help="Seed of the latents (same as sagan sample) and of IS/KID subsets")]
+EvalSeed = Annotated[
+    int, typer.Option("--seed", help="Seed of the latents (same as sagan sample) and of IS/KID subsets")
+]
 EvalBatchSize = Annotated[int, typer.Option("--batch-size", help="Images per generator / extractor pass")]
 Extractor = Annotated[
     str,
@@ -51,7 +58,7 @@ Extractor = Annotated[
     ),
 ]
 InceptionWeights = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--inception-weights",
         help="Inception weights file (default: $TORCH_HOME/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth)",
@@ -59,7 +66,9 @@ InceptionWeights = Annotated[
 ]
 Cache = Annotated[
     bool,
-    typer.Option("--cache/--no-cache", help="Cache reference features (~/.cache/sagan/fidelity or $SAGAN_FIDELITY_CACHE)"),
+    typer.Option(
+        "--cache/--no-cache", help="Cache reference features (~/.cache/sagan/fidelity or $SAGAN_FIDELITY_CACHE)"
+    ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout")]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -25,7 +25,7 @@ def sample(
     output: Annotated[
         str, typer.Option("-o", "--output", help="A grid image (.png/.jpg/.webp) or a folder DIR/ of single PNGs")
     ] = DEFAULTS.output,
-    nrow: Annotated[Optional[int], typer.Option("--nrow", help="Images per grid row (default: about sqrt(n))")] = None,
+    nrow: Annotated[int | None, typer.Option("--nrow", help="Images per grid row (default: about sqrt(n))")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the latents: same seed, same images")] = DEFAULTS.seed,
     truncation: options.Truncation = DEFAULTS.truncation,
     class_index: options.ClassIndex = None,
@@ -39,7 +39,13 @@ def sample(
     """Draw images from a checkpoint; prints the written path(s) on stdout."""
     from ..checkpoint import read_checkpoint_info
     from ..images import IMAGE_SUFFIXES, make_grid, save_image
-    from ..outputs import check_output_file, check_output_folder, remove_earlier_samples, sample_file_names, wants_folder
+    from ..outputs import (
+        check_output_file,
+        check_output_folder,
+        remove_earlier_samples,
+        sample_file_names,
+        wants_folder,
+    )
     from ..sampling import check_sample_count, sample_from_checkpoint
 
     if num < 1:

@@ -6,11 +6,12 @@ import signal
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
 from ..config import TrainConfig
+from ..data import DATASETS
 from ..errors import UsageError
 from ..model import SUPPORTED_IMAGE_SIZES, ModelConfig, default_attention_resolutions, default_d_width
 from ..rundir import RUNS_ROOT
@@ -49,60 +50,67 @@ def _parse_resolutions(text: str | None) -> tuple[int, ...] | None:
 
 
 def train(
-    dataset: Optional[str] = typer.Option(
-        None, "--dataset", "-d", help=f"mnist, fashion-mnist, cifar10, celeba, or a folder of images {_default('dataset')}"
+    dataset: str | None = typer.Option(
+        None,
+        "--dataset",
+        "-d",
+        help=f"{', '.join(DATASETS)}, or a folder of images {_default('dataset')}",
     ),
-    data_dir: Optional[Path] = typer.Option(
+    data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Where the dataset files are (or are downloaded to) (default: ~/.cache/sagan/datasets)"
     ),
-    download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Allow dataset downloads (default: download)"),
-    data_mode: Optional[str] = typer.Option(
+    download: bool | None = typer.Option(
+        None, "--download/--no-download", help="Allow dataset downloads (default: download)"
+    ),
+    data_mode: str | None = typer.Option(
         None,
         "--data-mode",
         help="Image folders and celeba: memory (preload), stream (decode every batch in worker processes), "
         f"auto (preload if it fits in half the free memory) {_default('data_mode')}",
     ),
-    data_workers: Optional[int] = typer.Option(
+    data_workers: int | None = typer.Option(
         None, "--data-workers", help=f"Worker processes that decode images when streaming {_default('data_workers')}"
     ),
-    attention: Optional[bool] = typer.Option(
+    attention: bool | None = typer.Option(
         None, "--attention/--no-attention", help="Self-attention in G and D (default: attention)"
     ),
-    attn_res: Optional[str] = typer.Option(None, "--attn-res", help=ATTN_RES_HELP),
-    conditional: Optional[bool] = typer.Option(
+    attn_res: str | None = typer.Option(None, "--attn-res", help=ATTN_RES_HELP),
+    conditional: bool | None = typer.Option(
         None, "--conditional", help="Class-conditional: conditional BN in G, projection D"
     ),
-    image_size: Optional[int] = typer.Option(
+    image_size: int | None = typer.Option(
         None, "--image-size", help=f"One of {', '.join(map(str, SUPPORTED_IMAGE_SIZES))} (default: the dataset's)"
     ),
-    channels: Optional[int] = typer.Option(None, "--channels", help="1 or 3 (default: the dataset's)"),
-    z_dim: Optional[int] = typer.Option(None, "--z-dim", help=f"Latent size (default: {MODEL_DEFAULTS.z_dim})"),
-    g_width: Optional[int] = typer.Option(None, "--g-width", help=f"Generator width (default: {MODEL_DEFAULTS.g_width})"),
-    d_width: Optional[int] = typer.Option(None, "--d-width", help=D_WIDTH_HELP),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help=f"Training iterations {_default('max_steps')}"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=_default("batch_size")),
-    lr_g: Optional[float] = typer.Option(None, "--lr-g", help=f"Generator Adam learning rate {_default('lr_g')}"),
-    lr_d: Optional[float] = typer.Option(None, "--lr-d", help=f"Discriminator Adam learning rate {_default('lr_d')}"),
-    beta1: Optional[float] = typer.Option(None, "--beta1", help=_default("beta1")),
-    beta2: Optional[float] = typer.Option(None, "--beta2", help=_default("beta2")),
-    d_steps: Optional[int] = typer.Option(None, "--d-steps", help=f"D updates per G update {_default('d_steps')}"),
-    ema: Optional[bool] = typer.Option(None, "--ema/--no-ema", help="Keep an EMA copy of G for sampling (default: ema)"),
-    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help=_default("ema_decay")),
-    seed: Optional[int] = typer.Option(None, "--seed", help=f"Seed of every random draw {_default('seed')}"),
-    device: Optional[str] = typer.Option(None, "--device", help=f"auto, cpu, cuda or mps {_default('device')}"),
-    name: Optional[str] = typer.Option(
+    channels: int | None = typer.Option(None, "--channels", help="1 or 3 (default: the dataset's)"),
+    z_dim: int | None = typer.Option(None, "--z-dim", help=f"Latent size (default: {MODEL_DEFAULTS.z_dim})"),
+    g_width: int | None = typer.Option(None, "--g-width", help=f"Generator width (default: {MODEL_DEFAULTS.g_width})"),
+    d_width: int | None = typer.Option(None, "--d-width", help=D_WIDTH_HELP),
+    max_steps: int | None = typer.Option(None, "--max-steps", help=f"Training iterations {_default('max_steps')}"),
+    batch_size: int | None = typer.Option(None, "--batch-size", "-b", help=_default("batch_size")),
+    lr_g: float | None = typer.Option(None, "--lr-g", help=f"Generator Adam learning rate {_default('lr_g')}"),
+    lr_d: float | None = typer.Option(None, "--lr-d", help=f"Discriminator Adam learning rate {_default('lr_d')}"),
+    beta1: float | None = typer.Option(None, "--beta1", help=_default("beta1")),
+    beta2: float | None = typer.Option(None, "--beta2", help=_default("beta2")),
+    d_steps: int | None = typer.Option(None, "--d-steps", help=f"D updates per G update {_default('d_steps')}"),
+    ema: bool | None = typer.Option(None, "--ema/--no-ema", help="Keep an EMA copy of G for sampling (default: ema)"),
+    ema_decay: float | None = typer.Option(None, "--ema-decay", help=_default("ema_decay")),
+    seed: int | None = typer.Option(None, "--seed", help=f"Seed of every random draw {_default('seed')}"),
+    device: str | None = typer.Option(None, "--device", help=f"auto, cpu, cuda or mps {_default('device')}"),
+    name: str | None = typer.Option(
         None, "--name", help="Run name (default: <dataset>-<attn|noattn>, numbered if taken)"
     ),
-    out: Optional[Path] = typer.Option(None, "--out", help=f"Folder that holds run directories (default: {RUNS_ROOT})"),
-    save_every: Optional[int] = typer.Option(None, "--save-every", help=f"Checkpoint every N steps {_default('save_every')}"),
-    sample_every: Optional[int] = typer.Option(
+    out: Path | None = typer.Option(None, "--out", help=f"Folder that holds run directories (default: {RUNS_ROOT})"),
+    save_every: int | None = typer.Option(
+        None, "--save-every", help=f"Checkpoint every N steps {_default('save_every')}"
+    ),
+    sample_every: int | None = typer.Option(
         None, "--sample-every", help=f"Preview grid every N steps {_default('sample_every')}"
     ),
-    log_every: Optional[int] = typer.Option(None, "--log-every", help=f"Log line every N steps {_default('log_every')}"),
-    keep: Optional[int] = typer.Option(
+    log_every: int | None = typer.Option(None, "--log-every", help=f"Log line every N steps {_default('log_every')}"),
+    keep: int | None = typer.Option(
         None, "--keep", help=f"Periodic checkpoints kept (final always kept) {_default('keep')}"
     ),
-    resume: Optional[Path] = typer.Option(
+    resume: Path | None = typer.Option(
         None, "--resume", help="Continue a run: its directory or one of its checkpoints"
     ),
     force: bool = typer.Option(
