@@ -123,7 +123,7 @@ def compare_checkpoints(
     for name, path, info in zip(names, paths, infos, strict=True):
         log(f"scoring {name} ({options.num_samples} samples, seed {options.seed}, {extractor.name} extractor)")
         generators.append(load_for_scoring(path, options))
-        scores.append(score_generator(generators[-1], info, reference, extractor, options, cache_folder, log)[0])
+        scores.append(score_generator(generators[-1], info.model, reference, extractor, options, cache_folder, log)[0])
     log("timing sampling speed")
     speeds = sampling_speeds(
         generators, min(options.num_samples, 2 * options.batch_size), options.batch_size, options.seed

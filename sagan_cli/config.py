@@ -13,6 +13,7 @@ from .model import ModelConfig
 
 # Keys of a run that may change on --resume without changing what is being trained. Where the data
 # comes from may change too: the resumed data must match the checkpoint's (train.check_training_data).
+# Evaluation during training and TensorBoard logging only watch the run, so they may change too.
 RESUMABLE_OVERRIDES = frozenset(
     {
         "max_steps",
@@ -25,12 +26,17 @@ RESUMABLE_OVERRIDES = frozenset(
         "download",
         "data_mode",
         "data_workers",
+        "eval_every",
+        "eval_samples",
+        "tensorboard",
     }
 )
 # Keys that configs written by earlier versions may hold; they are dropped on reading so old runs and
 # checkpoints keep loading (num_workers: batches are drawn by index from preloaded tensors, so there
 # never were loader workers, and no flag ever set it).
 RETIRED_KEYS = frozenset({"num_workers"})
+# Keys added after 0.1 that runs' files hold only when they differ from the default (TrainConfig.to_dict).
+OMITTED_AT_DEFAULT = ("loss", "eval_every", "eval_samples", "tensorboard", "data_mode", "data_workers")
 
 MAX_SEED = 2**32 - 1  # per-step generators are seeded from (seed, step); larger seeds overflow them
 MAX_CONFIG_INT = 2**40  # no count, size or step of a real run comes near this
@@ -70,23 +76,25 @@ class TrainConfig:
     log_every: int = 50
     keep: int = 3
     loss: str = DEFAULT_LOSS  # a name in losses.LOSSES
+    eval_every: int = 0  # score the EMA generator with FID / IS every N steps; 0 = never (docs/evaluate.md)
+    eval_samples: int = 2000  # generated images per evaluation (the reference takes as many, or all it has)
+    tensorboard: bool = False  # also write TensorBoard event files into the run directory
     model: ModelConfig = field(default_factory=ModelConfig)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (model config nested)."""
+    def to_dict(self, every_key: bool = False) -> dict[str, Any]:
+        """Plain JSON-able dict (model config nested); keys added since 0.1 only when not at their default, unless every_key."""
         data = asdict(self)
         data["model"] = json.loads(self.model.to_json())
-        defaults = TrainConfig()
-        for key in ("loss", "data_mode", "data_workers"):
-            if data[key] == getattr(defaults, key):
-                # Written only when not the default: configs and checkpoints of default runs stay
-                # exactly what 0.1/0.2.0 wrote, and those versions can still read them.
+        for key in () if every_key else OMITTED_AT_DEFAULT:
+            if data[key] == getattr(DEFAULTS_FOR_OMISSION, key):
+                # Written only when it is not the default: configs and checkpoints of runs that do not
+                # use it stay exactly what 0.1/0.2.0 wrote, and those versions can still read them.
                 del data[key]
         return data
 
-    def to_json(self) -> str:
+    def to_json(self, every_key: bool = False) -> str:
         """Serialise to JSON (round-trips through from_dict)."""
-        return json.dumps(self.to_dict(), sort_keys=True, indent=2)
+        return json.dumps(self.to_dict(every_key), sort_keys=True, indent=2)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -131,6 +139,10 @@ class TrainConfig:
             raise UsageError(f"--data-mode must be auto, memory or stream, got {self.data_mode!r}")
         if not 0 <= self.data_workers <= 256:
             raise UsageError(f"--data-workers must be in 0..256, got {self.data_workers}")
+        if not 0 <= self.eval_every <= MAX_CONFIG_INT:
+            raise UsageError(f"--eval-every must be 0 (never) or a number of steps, got {self.eval_every}")
+        if not 2 <= self.eval_samples <= MAX_CONFIG_INT:  # FID needs a covariance: at least 2 images
+            raise UsageError(f"--eval-samples must be at least 2, got {self.eval_samples}")
         check_seed(self.seed)
         get_loss(self.loss)
         return self
@@ -138,6 +150,9 @@ class TrainConfig:
     def with_overrides(self, **changes: Any) -> TrainConfig:
         """A copy with some fields replaced."""
         return replace(self, **changes)
+
+
+DEFAULTS_FOR_OMISSION = TrainConfig()
 
 
 def check_field_types(cls: type, data: dict[str, Any]) -> None:
@@ -176,7 +191,7 @@ def _has_type_of(value: Any, default: Any) -> bool:
 
 def config_differences(saved: TrainConfig, requested: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Keys whose requested value differs from a saved run's (model keys as `model.<key>`)."""
-    saved_flat = _flatten(saved.to_dict())
+    saved_flat = _flatten(saved.to_dict(every_key=True))  # keys at their default are compared too
     return {
         key: (saved_flat[key], value)
         for key, value in requested.items()

@@ -25,7 +25,7 @@ from .metrics import (
     reference_subset,
     tensor_sha256,
 )
-from .model import Generator
+from .model import Generator, ModelConfig
 from .rundir import RUNS_ROOT, find_latest_checkpoint
 from .sampling import check_sample_count, sample_labels, sample_latents
 
@@ -120,6 +120,11 @@ def load_reference(name: str, info: CheckpointInfo, num_samples: int, log: Log) 
         download=train.download if train else True,
         log=log,
     )
+    return reference_from_data(data, num_samples, name)
+
+
+def reference_from_data(data: ImageData, num_samples: int, name: str) -> Reference:
+    """At most num_samples images of loaded data as a reference (at least 2: FID/KID need them); `name` for the error."""
     images = reference_subset(data.images, num_samples)
     if images.shape[0] < 2:  # a covariance of one image is undefined: torch-fidelity would fail on NaNs
         raise UsageError(
@@ -139,7 +144,7 @@ def plan_latents(
 
 def score_generator(
     generator: Generator,
-    info: CheckpointInfo,
+    model: ModelConfig,
     reference: Reference | None,
     extractor: Extractor,
     options: EvalOptions,
@@ -147,7 +152,7 @@ def score_generator(
     log: Log = no_log,
 ) -> tuple[dict[str, float], float]:
     """Metrics of one generator against a reference (None for IS alone), and its sampling speed (images/s)."""
-    latents, labels = plan_latents(options.num_samples, info.model.z_dim, info.model.num_classes, options)
+    latents, labels = plan_latents(options.num_samples, model.z_dim, model.num_classes, options)
     samples = GeneratorInput(generator, latents, labels, options.batch_size)
     cache_name = None
     if reference is not None:
@@ -200,7 +205,7 @@ def evaluate_checkpoint(checkpoint: Path, options: EvalOptions, cache_folder: Pa
     log(
         f"scoring {checkpoint} ({options.num_samples} samples, seed {options.seed}){against} with the {extractor.name} extractor"
     )
-    results, speed = score_generator(generator, info, reference, extractor, options, cache_folder, log)
+    results, speed = score_generator(generator, info.model, reference, extractor, options, cache_folder, log)
     return EvalResult(
         checkpoint=checkpoint,
         checkpoint_sha256=file_sha256(checkpoint),

@@ -6,6 +6,8 @@ Layout::
     runs/<name>/metrics.jsonl          one JSON object per logged step
     runs/<name>/samples/step_000250.png
     runs/<name>/checkpoints/step_000500.safetensors, final.safetensors
+    runs/<name>/checkpoints/best.safetensors   lowest FID so far (with --eval-every); never pruned
+    runs/<name>/tensorboard/           event files (with --tensorboard)
     runs/<name>/.lock                  flock held by the process training the run
 
 Only the main process (rank 0) writes; other ranks get a RunDir with enabled=False.
@@ -35,6 +37,7 @@ LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.jsonl"
 STEP_PATTERN = re.compile(r"^step_(\d+)\.safetensors$")
 FINAL_NAME = "final"
+BEST_NAME = "best"
 
 
 class RunDir:
@@ -170,6 +173,14 @@ class RunDir:
                 stale.unlink(missing_ok=True)  # write_atomically's temp names; never a complete file
         for checkpoint in self.checkpoints_after(step):
             checkpoint.unlink(missing_ok=True)
+        # The best checkpoint of abandoned steps goes too (its FID is in the metrics dropped below); it
+        # never blocks a resume as later checkpoints do: the run re-evaluates those steps as it goes.
+        best = self.checkpoints / f"{BEST_NAME}.safetensors"
+        try:
+            if best.exists() and read_checkpoint_info(best).step > step:
+                best.unlink()
+        except CheckpointError:
+            best.unlink(missing_ok=True)  # unreadable: the next evaluation writes a new one
         for grid in self.samples.glob("step_*.png") if self.samples.is_dir() else ():
             number = grid.stem.removeprefix("step_")
             if number.isdigit() and int(number) > step:

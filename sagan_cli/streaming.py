@@ -214,6 +214,17 @@ def load_training_data(
     return StreamedData(paths, channels, image_size, name, source or f"image folder ({len(paths)} images)")
 
 
+def preload_subset(data: StreamedData, num: int) -> ImageData:
+    """At most `num` images of a streamed set decoded into memory: the subset a preloaded set gives
+    evaluation (metrics.reference_subset), so scores during training do not depend on the mode."""
+    from .metrics import reference_subset  # lazy: torch-fidelity is imported only when scoring
+
+    indices = reference_subset(torch.arange(len(data)), num)  # (M,) dataset indices, sorted
+    files = ImageFiles(data.paths, data.channels, data.image_size)
+    images = torch.stack([files[int(index)][0] for index in indices]) if len(indices) else torch.empty(0)
+    return ImageData(images, None, 0, data.name, data.source)  # (M, C, S, S)
+
+
 def _check_one_decodes(paths: list[Path], channels: int, image_size: int, what: str) -> None:
     """Fail now, in one line, if the first files are all unreadable, rather than in a worker mid-run."""
     for path in paths[:64]:

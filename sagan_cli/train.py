@@ -27,10 +27,11 @@ from .images import make_grid
 from .logs import no_log
 from .losses import get_loss
 from .model import Discriminator, Generator, attention_gammas
-from .rundir import RunDir
+from .rundir import BEST_NAME, RunDir
 from .runtime import preferred_memory_format
 from .sampling import generate, sample_latents
 from .streaming import RealBatch, TrainingData, real_batches
+from .train_hooks import TrainingHooks, build_hooks
 
 STREAM_LATENTS = 0  # a step's latents, then its fake labels, come from this stream
 PREVIEW_SAMPLES = 64
@@ -297,7 +298,12 @@ def preview_grid(state: TrainState, config: TrainConfig) -> torch.Tensor:
 
 
 def save_training_checkpoint(
-    state: TrainState, config: TrainConfig, run: RunDir, name: str, data: TrainingData
+    state: TrainState,
+    config: TrainConfig,
+    run: RunDir,
+    name: str,
+    data: TrainingData,
+    extra_metadata: dict[str, str] | None = None,
 ) -> Path | None:
     """Write a full checkpoint (after checking the weights are finite); None when this rank does not write."""
     if not weights_are_finite(state.generator, state.discriminator, state.generator_ema):
@@ -319,7 +325,7 @@ def save_training_checkpoint(
             discriminator=state.discriminator,
             optimizer_g=state.optimizer_g,
             optimizer_d=state.optimizer_d,
-            extra_metadata={"data_source": data.source, "data_id": data.data_id},
+            extra_metadata={"data_source": data.source, "data_id": data.data_id, **(extra_metadata or {})},
         ),
     )
 
@@ -347,11 +353,18 @@ def train(
     state.discriminator.train()
     stop = stop or StopFlag()
     last_checkpoint = resume_from
+
+    # Evaluation and TensorBoard, as asked for; best.safetensors is a full checkpoint like the others.
+    def save_best(metadata: dict[str, str]) -> Path | None:
+        return save_training_checkpoint(state, config, run, BEST_NAME, data, metadata)
+
+    hooks = build_hooks(config, data, run, state.step, reporter.log, save_best)
     reporter.start(config.max_steps, state.step)
     try:
-        return _train_loop(state, config, data, run, device, reporter, stop, last_checkpoint)
+        return _train_loop(state, config, data, run, device, reporter, stop, last_checkpoint, hooks)
     finally:
         reporter.close()  # also on divergence or interruption: a live progress bar must not outlive the run
+        hooks.close()
 
 
 def _train_loop(
@@ -363,6 +376,7 @@ def _train_loop(
     reporter: Reporter,
     stop: StopFlag,
     last_checkpoint: Path | None,
+    hooks: TrainingHooks,
 ) -> Path | None:
     """The step loop of `train`: log, preview, checkpoint; stop cleanly on a signal, loudly on divergence."""
     window_start, window_steps = time.perf_counter(), 0
@@ -389,9 +403,11 @@ def _train_loop(
             if (
                 last
                 or stop.signal_number is not None
+                or hooks.due(state.step)
                 or any(state.step % every == 0 for every in (config.log_every, config.sample_every, config.save_every))
             ):
-                watch.check(last_checkpoint)  # before anything is logged, drawn or saved
+                watch.check(last_checkpoint)  # before anything is logged, drawn, scored or saved
+            logged, grid = None, None
             if state.step % config.log_every == 0 or state.step == config.max_steps:
                 now = time.perf_counter()
                 stats = {k: float(v) for k, v in losses.items()}
@@ -400,15 +416,18 @@ def _train_loop(
                 )
                 gammas = {f"gamma_g{k}": v for k, v in attention_gammas(state.generator).items()}
                 gammas.update({f"gamma_d{k}": v for k, v in attention_gammas(state.discriminator).items()})
-                run.append_metrics(
-                    {"step": state.step, "train_seconds": round(state.train_seconds, 3), **stats, **gammas}
-                )
+                logged = {"step": state.step, "train_seconds": round(state.train_seconds, 3), **stats, **gammas}
+                run.append_metrics(logged)
                 reporter.step(state.step, {**stats, **gammas})
                 window_start, window_steps = now, 0
             if state.step % config.sample_every == 0 or state.step == config.max_steps:
-                run.write_sample_grid(
-                    state.step, preview_grid(state, config), {"step": str(state.step), "seed": str(config.seed)}
-                )
+                grid = preview_grid(state, config)
+                run.write_sample_grid(state.step, grid, {"step": str(state.step), "seed": str(config.seed)})
+            hooks_start = time.perf_counter()
+            hooks.after_step(
+                state.step, state.generator if state.generator_ema is None else state.generator_ema, logged, grid
+            )
+            window_start += time.perf_counter() - hooks_start  # evaluation is not training: kept out of images/s
             if state.step % config.save_every == 0 and state.step < config.max_steps:
                 last_checkpoint = save_training_checkpoint(state, config, run, run.step_name(state.step), data)
                 saved_step = state.step

@@ -99,3 +99,25 @@ def test_bad_data_mode_flags_are_one_line_usage_errors(tmp_path: Path, flags: li
     result = run_cli("train", *TINY, "--no-download", "--max-steps", 1, "--out", tmp_path, *flags)
     assert result.exit_code == 2 and message in result.stderr.strip().splitlines()[-1], result.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_scores_during_training_are_the_same_streamed_or_preloaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --eval-every needs reference images: a streamed set decodes the subset a preloaded one would use.
+    import json
+
+    from eval_support import isolate_caches
+
+    isolate_caches(monkeypatch, tmp_path)  # no Inception weights: grey 28 px models get the digits extractor
+    folder = png_folder(tmp_path / "pngs", count=24)
+    grey = ["--image-size", "28", "--channels", "1", "--eval-every", "2", "--eval-samples", "20", "--max-steps", 2]
+    fids = []
+    for mode in ("memory", "stream"):
+        result = run_cli(
+            "train", *TINY[2:], *grey, "--dataset", folder, "--out", tmp_path, "--name", mode, "--data-mode", mode
+        )
+        assert result.exit_code == 0, result.stderr
+        lines = (tmp_path / mode / "metrics.jsonl").read_text().splitlines()
+        fids.append([record["fid"] for record in map(json.loads, lines) if "fid" in record])
+    assert len(fids[0]) == 1 and fids[0] == fids[1]

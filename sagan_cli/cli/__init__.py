@@ -63,7 +63,7 @@ app = typer.Typer(
     help="Train Self-Attention GANs, sample and interpolate from them, and score them with FID / IS / KID.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

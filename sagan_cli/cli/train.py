@@ -110,6 +110,25 @@ def train(
     keep: int | None = typer.Option(
         None, "--keep", help=f"Periodic checkpoints kept (final always kept) {_default('keep')}"
     ),
+    eval_every: int | None = typer.Option(
+        None,
+        "--eval-every",
+        help="Score the EMA generator with FID / IS every N steps, keep checkpoints/best.safetensors (default: 0 = never)",
+    ),
+    eval_samples: int | None = typer.Option(
+        None, "--eval-samples", help=f"Images per evaluation {_default('eval_samples')}"
+    ),
+    tensorboard: bool | None = typer.Option(
+        None,
+        "--tensorboard/--no-tensorboard",
+        help='Also log to TensorBoard in <run>/tensorboard (needs pip install "sagan-cli\\[tensorboard]")',
+    ),
+    config_file: Path | None = typer.Option(
+        None, "--config", help="A TOML or JSON file with the keys of a run's config.json; flags given here override it"
+    ),
+    print_config: bool = typer.Option(
+        False, "--print-config", help="Print the resolved configuration as JSON on stdout and exit"
+    ),
     resume: Path | None = typer.Option(
         None, "--resume", help="Continue a run: its directory or one of its checkpoints"
     ),
@@ -120,12 +139,14 @@ def train(
     ),
 ) -> None:
     """Train a SAGAN; prints the final checkpoint's path on stdout."""
+    from ..config_file import check_num_classes, merge_config_file
     from ..progress import make_reporter
     from ..runs import open_run, resolve_new, resolve_resume
     from ..runtime import is_main_process, resolve_device
     from ..streaming import load_training_data
     from ..train import StopFlag
     from ..train import train as run_training
+    from ..train_hooks import check_hooks
 
     # parse: only what was given; the library fills in the rest (TrainConfig, the dataset's shape)
     local = locals()
@@ -143,13 +164,27 @@ def train(
         "attn_resolutions": _parse_resolutions(attn_res),
     }
     model_given = {key: value for key, value in model_values.items() if value is not None}
+    if config_file is not None:  # the file's keys count as flags; flags given here win
+        given, model_given, conditional = merge_config_file(config_file, given, model_given, conditional)
     # resolve
     writer = is_main_process()
     if resume is not None:
         plan = resolve_resume(resume, given, model_given, conditional, name, out, force)
     else:
-        plan = resolve_new(given, model_given, bool(conditional), name, out, force, check_disk=writer)
+        plan = resolve_new(
+            given, model_given, bool(conditional), name, out, force, check_disk=writer and not print_config
+        )
     config = plan.config
+    if config_file is not None:
+        check_num_classes(config_file, config)
+    if eval_samples is not None and config.eval_every == 0:
+        raise UsageError(
+            f"--eval-samples {eval_samples} is only used with --eval-every N; add --eval-every or drop --eval-samples"
+        )
+    if print_config:
+        print(config.to_json(every_key=True))
+        return
+    check_hooks(config)  # --tensorboard without the package, an --eval-samples too large: before any work
     # load data
     torch_device = resolve_device(config.device)
     reporter = make_reporter()
