@@ -330,23 +330,18 @@ def clamp_round_off(value: float) -> float:
 
 
 def _raised_by_torch_fidelity(exc: BaseException) -> bool:
-    """True when torch-fidelity (its vasserts, or the numpy/scipy maths it runs) raised, not code of ours it called back."""
-    import importlib.util
+    """True when one of torch-fidelity's own input checks (`helpers.vassert`) raised `exc` itself.
 
-    def folder(module_name: str) -> str | None:
-        spec = importlib.util.find_spec(module_name)  # scipy is optional: torch-fidelity 0.4 does not require it
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        return os.path.realpath(next(iter(spec.submodule_search_locations))) + os.sep
+    Those checks are how torch-fidelity refuses inputs, and they raise from inside `vassert`; a
+    ValueError from anywhere else (a dataset, generator or extractor of ours it called back) is
+    ours and must surface as a bug, not as a refusal.
+    """
+    from torch_fidelity.helpers import vassert
 
-    ours = os.path.dirname(os.path.realpath(__file__)) + os.sep  # sagan_cli/
-    theirs = tuple(found for name in ("torch_fidelity", "numpy", "scipy") if (found := folder(name)) is not None)
-    files = []
-    traceback = exc.__traceback__.tb_next if exc.__traceback__ is not None else None  # skip compute_metrics itself
-    while traceback is not None:
-        files.append(os.path.realpath(traceback.tb_frame.f_code.co_filename))
-        traceback = traceback.tb_next
-    return bool(files) and files[-1].startswith(theirs) and not any(name.startswith(ours) for name in files)
+    innermost = exc.__traceback__
+    while innermost is not None and innermost.tb_next is not None:
+        innermost = innermost.tb_next
+    return innermost is not None and innermost.tb_frame.f_code is vassert.__code__
 
 
 # ---------------------------------------------------------------- gates

@@ -14,10 +14,11 @@ from typing import Any
 
 from .checkpoint import read_checkpoint_info
 from .config import RESUMABLE_OVERRIDES, TrainConfig, config_differences
-from .data import DATASETS, ImageData, is_folder_dataset, native_shape
+from .data import DATASETS, is_folder_dataset, native_shape
 from .errors import UsageError
 from .model import ModelConfig, check_image_shape, feature_resolutions
 from .rundir import RUNS_ROOT, RunDir, unique_run_path
+from .streaming import TrainingData
 from .train import check_training_data
 
 
@@ -141,7 +142,7 @@ def _check_resume_step(config: TrainConfig, run: RunDir, checkpoint: Path, force
         )
 
 
-def open_run(plan: RunPlan, data: ImageData, writer: bool = True) -> RunDir:
+def open_run(plan: RunPlan, data: TrainingData, writer: bool = True) -> RunDir:
     """Check the loaded data against the plan, then create the new run directory (or open the resumed one).
 
     The last refusal point: creating a new run replaces an old one of the same name (with --force).

@@ -14,6 +14,7 @@ import copy
 import functools
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -23,15 +24,17 @@ import torch
 from . import distributed
 from .checkpoint import load_module_state, load_optimizer_state, read_checkpoint_info, save_checkpoint
 from .config import TrainConfig
-from .data import ImageData, to_model_range
+from .data import to_model_range
 from .errors import EXIT_SIGINT, EXIT_SIGTERM, DivergenceError, Interrupted, UsageError
 from .images import make_grid
+from .logs import no_log
 from .losses import get_loss
 from .model import Discriminator, Generator, attention_gammas
 from .precision import Precision, backward_and_step, load_scaler_metadata, resolve_precision, scaler_metadata
 from .rundir import BEST_NAME, RunDir
 from .runtime import preferred_memory_format
 from .sampling import generate, sample_latents
+from .streaming import IndexFn, RealBatch, TrainingData, real_batches
 from .train_hooks import TrainingHooks, build_hooks
 
 STREAM_LATENTS = 0  # a step's latents, then its fake labels, come from this stream
@@ -96,6 +99,18 @@ def batch_indices(batch_number: int, dataset_size: int, batch_size: int, seed: i
     return order[position * batch_size : (position + 1) * batch_size]
 
 
+def index_function(data_size: int, config: TrainConfig, shard: slice = slice(None)) -> IndexFn:
+    """batch number -> this rank's dataset indices (n,) of this run: what every data mode's loader is asked for.
+
+    Every rank draws the global batch's indices and keeps its `shard` (all of them in one process).
+    """
+
+    def index_of(batch_number: int) -> torch.Tensor:
+        return batch_indices(batch_number, data_size, config.batch_size, config.seed)[shard]
+
+    return index_of
+
+
 @functools.lru_cache(maxsize=2)
 def _epoch_order(dataset_size: int, seed: int, epoch: int) -> torch.Tensor:
     """The permutation of one epoch, drawn once per epoch rather than once per step (read-only)."""
@@ -151,7 +166,7 @@ def _match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
                     optimizer.state[param][key] = torch.empty_like(param).copy_(value)
 
 
-def check_training_data(config: TrainConfig, data: ImageData, resume_from: Path | None = None) -> None:
+def check_training_data(config: TrainConfig, data: TrainingData, resume_from: Path | None = None) -> None:
     """Refuse data this run cannot train on, before any file of the run is touched.
 
     On resume the data must be what the checkpoint trained on: same dataset, source and shape. A
@@ -164,7 +179,7 @@ def check_training_data(config: TrainConfig, data: ImageData, resume_from: Path 
         raise UsageError(f"--batch-size {config.batch_size} is larger than the dataset ({len(data)} images); lower it")
     if resume_from is not None:
         trained_on = read_checkpoint_info(resume_from).metadata.get("data_id")
-        if trained_on is not None and trained_on != data.data_id:
+        if trained_on is not None and not data.matches(trained_on):
             raise UsageError(
                 f"--resume {resume_from}: the run trained on {trained_on!r}, but the data loaded now is "
                 f"{data.data_id!r}; make the same data available (e.g. --data-dir) to continue it"
@@ -208,31 +223,44 @@ def ema_decay_at(step: int, config: TrainConfig) -> float:
 
 
 def train_step(
-    state: TrainState, data: ImageData, config: TrainConfig, device: torch.device
+    state: TrainState,
+    data: TrainingData,
+    config: TrainConfig,
+    device: torch.device,
+    batches: Iterator[RealBatch] | None = None,
 ) -> dict[str, torch.Tensor]:
     """One iteration: d_steps discriminator updates, then one generator update, with the run's loss.
 
     Under torchrun this rank computes its slice of the global batch (B/world images and latents);
     DDP averages the gradients, which equals the gradient of the global batch's mean loss.
+    `batches` yields this step's real batches, already this rank's slice (the training loop keeps
+    one loader for the run); without it they are drawn from `data` here.
     """
     setup = state.setup or StepSetup(state.generator, state.discriminator)
     G, D = setup.generator, setup.discriminator  # DDP wrappers under torchrun
     model = config.model
     loss = get_loss(config.loss)
     memory_format = preferred_memory_format(device)
-    all_labels = data.labels if model.num_classes > 0 else None  # (N,); check_training_data ensured them
+    conditional = model.num_classes > 0
     shard = setup.world.shard(config.batch_size)
     n = shard.stop - shard.start  # this rank's images per batch
+    if batches is None:
+        first = state.step * config.d_steps
+        batches = real_batches(
+            data, index_function(len(data), config, shard), first, first + config.d_steps, device, 0, no_log
+        )
     for d_step in range(config.d_steps):
-        indices = batch_indices(state.step * config.d_steps + d_step, len(data), config.batch_size, config.seed)[shard]
-        real = to_model_range(data.images[indices]).to(device, memory_format=memory_format)  # (n, C, S, S)
-        real_labels = None if all_labels is None else all_labels[indices].to(device)
+        batch = next(batches)  # the images of batch_indices(step * d_steps + d_step)[shard]
+        real = to_model_range(batch.images.to(device, non_blocking=True)).contiguous(
+            memory_format=memory_format
+        )  # (n, C, S, S)
+        real_labels = batch.labels.to(device) if conditional and batch.labels is not None else None
         rng = step_generator(config.seed, state.step * config.d_steps + d_step, STREAM_LATENTS)
         # The global batch's latents, then this rank's rows: the same fakes whatever the world size.
         z = torch.randn(config.batch_size, model.z_dim, generator=rng)[shard].to(device)  # (n, z_dim)
         fake_labels = (
             None
-            if all_labels is None
+            if not conditional
             else torch.randint(model.num_classes, (config.batch_size,), generator=rng)[shard].to(device)
         )
         # The last D step's fakes are kept with their graph and reused for the G step: G's weights
@@ -356,7 +384,7 @@ def save_training_checkpoint(
     config: TrainConfig,
     run: RunDir,
     name: str,
-    data: ImageData,
+    data: TrainingData,
     extra_metadata: dict[str, str] | None = None,
     every_rank: bool = True,
 ) -> Path | None:
@@ -406,7 +434,7 @@ def save_training_checkpoint(
 
 def train(
     config: TrainConfig,
-    data: ImageData,
+    data: TrainingData,
     run: RunDir,
     device: torch.device,
     reporter: Reporter,
@@ -455,7 +483,7 @@ def train(
 def _train_loop(
     state: TrainState,
     config: TrainConfig,
-    data: ImageData,
+    data: TrainingData,
     run: RunDir,
     device: torch.device,
     reporter: Reporter,
@@ -468,10 +496,20 @@ def _train_loop(
     agree = RankAgreement(state.setup.world if state.setup else distributed.World())
     saved_step = state.step if last_checkpoint is not None else None
     watch = FiniteWatch()
+    index_of = index_function(len(data), config, agree.world.shard(config.batch_size))
+    batches = real_batches(
+        data,
+        index_of,
+        state.step * config.d_steps,
+        config.max_steps * config.d_steps,
+        device,
+        config.data_workers,
+        reporter.log,
+    )
     try:
         while state.step < config.max_steps:
             step_start = time.perf_counter()
-            losses, stopping = agree(train_step(state, data, config, device), stop)  # global-batch losses
+            losses, stopping = agree(train_step(state, data, config, device, batches), stop)  # global-batch losses
             watch.update(state.step, losses)
             state.train_seconds += time.perf_counter() - step_start
             window_steps += 1
@@ -517,6 +555,8 @@ def _train_loop(
         # half-updated, so it is not saved; the last periodic checkpoint stays the resume point.
         kept = f"resume from {last_checkpoint}" if last_checkpoint else "no checkpoint was saved"
         raise Interrupted(f"interrupted at step {state.step} without saving; {kept}", EXIT_SIGINT) from None
+    finally:
+        batches.close()  # stops a streaming loader's worker processes now, not at garbage collection
     if state.step < config.max_steps:  # stopped by a signal: save (unless this step just was) and say how to go on
         if saved_step != state.step:
             last_checkpoint = save_training_checkpoint(state, config, run, run.step_name(state.step), data)

@@ -22,7 +22,6 @@ import torch
 
 from .checkpoint import read_checkpoint_info
 from .config import TrainConfig
-from .data import ImageData
 from .errors import CheckpointError, UsageError
 from .eval_options import EvalOptions
 from .evaluation import Reference, reference_from_data, score_generator
@@ -31,6 +30,7 @@ from .logs import Log
 from .metrics import KEY_FID, KEY_ISC_MEAN, KEY_ISC_STD, cache_dir
 from .model import Generator, ModelConfig
 from .sampling import check_sample_count
+from .streaming import StreamedData, TrainingData, preload_subset
 
 EVAL_SEED = 0  # fixed, never the run's --seed: runs of different seeds are scored on the same latents
 EVAL_METRICS = ("fid", "isc")
@@ -152,7 +152,7 @@ class TrainingEvaluator:
 
 
 def setup_evaluator(
-    config: TrainConfig, data: ImageData, stack: contextlib.ExitStack, log: Log
+    config: TrainConfig, data: TrainingData, stack: contextlib.ExitStack, log: Log
 ) -> TrainingEvaluator | None:
     """The evaluator for a run with eval_every > 0, or None (with one line why) when no extractor fits.
 
@@ -170,6 +170,8 @@ def setup_evaluator(
     caveat = digits_caveat(extractor, config.dataset)
     if caveat:
         log(caveat)
+    if isinstance(data, StreamedData):  # decode just the reference images, once per run
+        data = preload_subset(data, config.eval_samples)
     reference = reference_from_data(data, config.eval_samples, config.dataset)
     return TrainingEvaluator(config, extractor, reference, _cache_folder(stack, log))
 

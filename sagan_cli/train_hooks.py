@@ -14,11 +14,11 @@ from typing import Any
 import torch
 
 from .config import TrainConfig
-from .data import ImageData
 from .errors import SaganError
 from .logs import Log
 from .model import Generator
 from .rundir import BEST_NAME, RunDir
+from .streaming import TrainingData
 
 SaveBest = Callable[[dict[str, str]], "Path | None"]  # extra metadata -> checkpoints/best.safetensors
 
@@ -92,7 +92,7 @@ def check_hooks(config: TrainConfig) -> None:
 
 
 def build_hooks(
-    config: TrainConfig, data: ImageData, run: RunDir, first_step: int, log: Log, save_best: SaveBest
+    config: TrainConfig, data: TrainingData, run: RunDir, first_step: int, log: Log, save_best: SaveBest
 ) -> TrainingHooks:
     """Hooks for this run; on a resumed one, an existing best.safetensors sets the FID to beat.
 

@@ -275,3 +275,21 @@ def test_torchrun_on_cuda_uses_nccl_and_auto_precision(tmp_path, sync_bn) -> Non
         tmp_path / "grid.png",
     )
     assert sampled.exit_code == 0, sampled.stderr
+
+
+def test_each_rank_streams_its_shard_of_the_global_batch(tmp_path) -> None:
+    # Streamed under torchrun, each rank's loader decodes only its slice of the trainer's indices:
+    # the weights equal those of the same run preloaded, where each rank indexes its slice in memory.
+    from test_streaming import TINY, png_folder
+
+    folder = png_folder(tmp_path / "pngs")
+    flags = [*TINY, "--device", "cpu", "--max-steps", "2", "--dataset", folder, "--out", tmp_path]
+    memory = torchrun(*flags, "--name", "memory", "--data-mode", "memory")
+    assert memory.returncode == 0, memory.stderr
+    stream = torchrun(*flags, "--name", "stream", "--data-mode", "stream", "--data-workers", "1")
+    assert stream.returncode == 0, stream.stderr
+    assert "streaming them from disk" in stream.stderr and "global batch 8 = 2 x 4" in stream.stderr
+    assert same_tensors(
+        tmp_path / "memory" / "checkpoints" / "final.safetensors",
+        tmp_path / "stream" / "checkpoints" / "final.safetensors",
+    )

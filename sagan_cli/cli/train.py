@@ -68,6 +68,15 @@ def train(
     download: bool | None = typer.Option(
         None, "--download/--no-download", help="Allow dataset downloads (default: download)"
     ),
+    data_mode: str | None = typer.Option(
+        None,
+        "--data-mode",
+        help="Image folders and celeba: memory (preload), stream (decode every batch in worker processes), "
+        f"auto (preload if it fits in half the free memory) {_default('data_mode')}",
+    ),
+    data_workers: int | None = typer.Option(
+        None, "--data-workers", help=f"Worker processes that decode images when streaming {_default('data_workers')}"
+    ),
     attention: bool | None = typer.Option(
         None, "--attention/--no-attention", help="Self-attention in G and D (default: attention)"
     ),
@@ -216,18 +225,20 @@ def _load_and_train(
     plan: RunPlan, writer: bool, torch_device: torch.device, reporter: Reporter, distributed_run: bool
 ) -> None:
     """Load the data, open the run, train under the signal handlers; print the final checkpoint."""
-    from ..data import load_dataset
     from ..runs import open_run
+    from ..streaming import load_training_data
     from ..train import StopFlag
     from ..train import train as run_training
 
     config = plan.config
-    data = load_dataset(
+    data = load_training_data(
         config.dataset,
         image_size=config.model.image_size,
         channels=config.model.channels,
         data_dir=Path(config.data_dir) if config.data_dir else None,
         download=config.download,
+        data_mode=config.data_mode,
+        workers=config.data_workers,
         log=reporter.log,
     )
     run = open_run(plan, data, writer)
