@@ -177,6 +177,11 @@ def check_training_data(config: TrainConfig, data: TrainingData, resume_from: Pa
         raise UsageError(f"--conditional needs labels, but {config.dataset!r} has none")
     if len(data) < config.batch_size:
         raise UsageError(f"--batch-size {config.batch_size} is larger than the dataset ({len(data)} images); lower it")
+    if config.eval_every > 0 and len(data) < 2:  # FID's reference is the training data: a covariance needs 2 images
+        raise UsageError(
+            f"--eval-every {config.eval_every}: FID needs at least 2 reference images, but the dataset has {len(data)}; "
+            "drop --eval-every"
+        )
     if resume_from is not None:
         trained_on = read_checkpoint_info(resume_from).metadata.get("data_id")
         if trained_on is not None and not data.matches(trained_on):

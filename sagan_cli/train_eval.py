@@ -34,9 +34,8 @@ from .streaming import StreamedData, TrainingData, preload_subset
 
 EVAL_SEED = 0  # fixed, never the run's --seed: runs of different seeds are scored on the same latents
 EVAL_METRICS = ("fid", "isc")
-# Metadata keys of best.safetensors; the eval_* ones say which scores a later FID may be compared with.
+# Metadata keys of best.safetensors (TrainingEvaluator.identity adds the eval_* ones that make FIDs comparable).
 META_FID, META_ISC = "best_fid", "best_isc"
-IDENTITY_KEYS = ("eval_extractor", "eval_extractor_sha256", "eval_samples", "eval_seed", "eval_reference")
 
 
 @dataclass(frozen=True)

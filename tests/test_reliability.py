@@ -374,3 +374,13 @@ def test_checkpoints_and_runs_from_before_num_workers_was_retired_still_load(tin
     assert TrainConfig.from_dict({**TrainConfig().to_dict(), "num_workers": 0}) == TrainConfig()
     result = run_cli("sample", old, "-n", 4, "-o", tmp_path / "grid.png")
     assert result.exit_code == 0, result.stderr
+
+
+def test_reliability_doc_lists_every_flag_that_may_change_on_resume() -> None:
+    """docs/reliability.md tells users which flags --resume accepts: it must name every RESUMABLE_OVERRIDES key."""
+    from sagan_cli.config import RESUMABLE_OVERRIDES
+
+    text = (Path(__file__).parent.parent / "docs" / "reliability.md").read_text()
+    paragraph = text[text.index("Flags that may change on `--resume`") :].split("\n\n")[0]
+    missing = sorted(key for key in RESUMABLE_OVERRIDES if f"--{key.replace('_', '-')}" not in paragraph)
+    assert not missing, f"docs/reliability.md does not list {missing} among the flags --resume accepts"

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import TINY_TRAIN_FLAGS, run_cli
 from eval_support import isolate_caches
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -163,3 +164,16 @@ def test_bad_eval_flags_are_one_line_before_any_work(flags: list[str], message: 
     assert result.exit_code == EXIT_USAGE
     assert result.stderr.count("\n") == 1 and message in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_eval_every_on_a_one_image_dataset_is_refused_before_the_run_is_created(tmp_path: Path) -> None:
+    # Was: the run directory was created, then evaluation set-up failed naming `--ref` (an evaluate flag).
+    folder = tmp_path / "one"
+    folder.mkdir()
+    Image.new("L", (28, 28), 100).save(folder / "a.png")
+    out = tmp_path / "runs"
+    flags = ["--dataset", folder, "--image-size", "28", "--channels", "1", "--batch-size", "1", "--eval-every", "1"]
+    result = run_cli("train", *flags, "--max-steps", "1", "--out", out, "--name", "one")
+    assert result.exit_code == EXIT_USAGE
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --eval-every 1: FID needs at least 2")
+    assert not (out / "one").exists()
