@@ -171,6 +171,8 @@ def _resolve_resume(
         listed = "; ".join(f"{key}: run has {old!r}, flags say {new!r}" for key, (old, new) in differences.items())
         raise UsageError(f"--resume {run_path}: flags conflict with the run's config ({listed}); drop those flags")
     overrides = {k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES}
+    if "max_steps" in overrides and "max_minutes" not in overrides:
+        overrides["max_minutes"] = None  # a new step budget alone replaces the run's time budget
     config = saved.with_overrides(**overrides).validate()
     _check_resume_step(config, run, checkpoint, force)
     return config, run_path, checkpoint
@@ -183,8 +185,13 @@ def _check_resume_step(config: TrainConfig, run: RunDir, checkpoint: Path, force
     info = read_checkpoint_info(checkpoint)
     if not info.has_training_state:
         raise UsageError(f"{checkpoint} holds no training state (discriminator/optimizers); it cannot be resumed")
-    if checkpoint.name == "final.safetensors" and config.max_steps <= info.step:
-        raise UsageError(f"{run_path} already finished at step {info.step}; pass a larger --max-steps to train on")
+    minutes = info.train_seconds / 60
+    out_of_time = config.max_minutes is not None and config.max_minutes <= minutes
+    if checkpoint.name == "final.safetensors" and (config.max_steps <= info.step or out_of_time):
+        raise UsageError(
+            f"{run_path} already finished at step {info.step} after {minutes:.3g} minutes of training; "
+            "pass a larger --max-steps or --max-minutes to train on"
+        )
     if config.max_steps < info.step:
         raise UsageError(f"--max-steps {config.max_steps} is below the checkpoint's step {info.step} ({checkpoint}); raise it")
     later = run.checkpoints_after(info.step)
@@ -211,6 +218,7 @@ def train(
     g_width: Optional[int] = typer.Option(None, "--g-width", help=f"Generator width (default: {MODEL_DEFAULTS.g_width})"),
     d_width: Optional[int] = typer.Option(None, "--d-width", help="Discriminator width (default: 64 up to 32 px, 32 from 64 px on)"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help=f"Training iterations {_default_d('max_steps')}"),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Time budget: stop with a final checkpoint at the first step past M minutes of training (with --resume: a new total budget; --max-steps alone lifts it) (default: none)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=_default_d("batch_size")),
     lr_g: Optional[float] = typer.Option(None, "--lr-g", help=f"Generator Adam learning rate {_default_d('lr_g')}"),
     lr_d: Optional[float] = typer.Option(None, "--lr-d", help=f"Discriminator Adam learning rate {_default_d('lr_d')}"),

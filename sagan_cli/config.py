@@ -13,7 +13,7 @@ from .model import ModelConfig
 # Keys of a run that may change on --resume without changing what is being trained. Where the data
 # comes from may change too: the resumed data must match the checkpoint's (train.check_training_data).
 RESUMABLE_OVERRIDES = frozenset(
-    {"max_steps", "save_every", "sample_every", "log_every", "keep", "device", "data_dir", "download"}
+    {"max_steps", "max_minutes", "save_every", "sample_every", "log_every", "keep", "device", "data_dir", "download"}
 )
 # Keys that configs written by earlier versions may hold; they are dropped on reading so old runs and
 # checkpoints keep loading (num_workers: batches are drawn by index from preloaded tensors, so there
@@ -38,6 +38,7 @@ class TrainConfig:
     data_dir: str | None = None
     download: bool = True
     max_steps: int = 2000  # ~16 minutes at ~140 img/s on a 2-core CPU; FID still falling there (docs/results.md)
+    max_minutes: float | None = None  # time budget: stop at the first step past this much training time (total over resumes)
     batch_size: int = 64
     lr_g: float = 1e-4  # TTUR, as in the paper: D learns 4x faster than G
     lr_d: float = 4e-4
@@ -102,6 +103,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not 0 <= value < 1:
                 raise UsageError(f"--{name} must be in [0, 1), got {value}")
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
+            raise UsageError(f"--max-minutes must be a positive number of minutes, got {self.max_minutes}")
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         check_seed(self.seed)
@@ -125,6 +128,8 @@ def check_field_types(cls: type, data: dict[str, Any]) -> None:
         if f.name not in data or f.name == "model":
             continue
         value, default = data[f.name], getattr(defaults, f.name)
+        if default is None and "float" in str(f.type):  # an optional number (max_minutes)
+            default = None if value is None else 0.0
         if not _has_type_of(value, default):
             raise ValueError(f"config key {f.name!r} has the wrong type: {str(value)[:40]!r}")
 

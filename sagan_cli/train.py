@@ -211,6 +211,13 @@ def train_step(state: TrainState, data: ImageData, config: TrainConfig, device: 
     }
 
 
+def training_done(state: TrainState, config: TrainConfig) -> bool:
+    """True once the run reached --max-steps or spent its --max-minutes of training time (over all resumes)."""
+    if state.step >= config.max_steps:
+        return True
+    return config.max_minutes is not None and state.train_seconds >= config.max_minutes * 60
+
+
 def _check_finite(state: TrainState, losses: dict[str, torch.Tensor], last_checkpoint: Path | None) -> None:
     if bool(torch.isfinite(torch.stack(list(losses.values()))).all()):
         return
@@ -277,7 +284,7 @@ def train(
     stop: StopFlag | None = None,
     resume_from: Path | None = None,
 ) -> Path | None:
-    """Train until config.max_steps; return the final checkpoint (None on non-writing ranks)."""
+    """Train until config.max_steps or config.max_minutes; return the final checkpoint (None on non-writing ranks)."""
     check_training_data(config, data, resume_from)
     state = build_state(config, device)
     if resume_from is not None:
@@ -310,13 +317,16 @@ def _train_loop(
     window_start, window_steps = time.perf_counter(), 0
     saved_step = state.step if last_checkpoint is not None else None
     try:
-        while state.step < config.max_steps:
+        while not training_done(state, config):
             step_start = time.perf_counter()
             losses = train_step(state, data, config, device)
             _check_finite(state, losses, last_checkpoint)
             state.train_seconds += time.perf_counter() - step_start
             window_steps += 1
-            if state.step % config.log_every == 0 or state.step == config.max_steps:
+            done = training_done(state, config)
+            if done and state.step < config.max_steps:
+                reporter.log(f"time budget of {config.max_minutes:g} minutes reached at step {state.step}")
+            if state.step % config.log_every == 0 or done:
                 now = time.perf_counter()
                 stats = {k: float(v) for k, v in losses.items()}
                 stats["images_per_second"] = window_steps * config.batch_size * config.d_steps / max(now - window_start, 1e-9)
@@ -325,22 +335,22 @@ def _train_loop(
                 run.append_metrics({"step": state.step, "train_seconds": round(state.train_seconds, 3), **stats, **gammas})
                 reporter.step(state.step, {**stats, **gammas})
                 window_start, window_steps = now, 0
-            if state.step % config.sample_every == 0 or state.step == config.max_steps:
+            if state.step % config.sample_every == 0 or done:
                 run.write_sample_grid(
                     state.step, preview_grid(state, config), {"step": str(state.step), "seed": str(config.seed)}
                 )
-            if state.step % config.save_every == 0 and state.step < config.max_steps:
+            if state.step % config.save_every == 0 and not done:
                 last_checkpoint = save_training_checkpoint(state, config, run, run.step_name(state.step), data)
                 saved_step = state.step
                 run.prune_checkpoints(config.keep)
-            if stop.signal_number is not None and state.step < config.max_steps:
+            if stop.signal_number is not None and not done:
                 break  # a signal during the last step changes nothing: the final checkpoint follows
     except KeyboardInterrupt:
         # Raised mid-step (no graceful handler installed, or a second Ctrl-C): the state may be
         # half-updated, so it is not saved; the last periodic checkpoint stays the resume point.
         kept = f"resume from {last_checkpoint}" if last_checkpoint else "no checkpoint was saved"
         raise Interrupted(f"interrupted at step {state.step} without saving; {kept}", EXIT_SIGINT) from None
-    if state.step < config.max_steps:  # stopped by a signal: save (unless this step just was) and say how to go on
+    if not training_done(state, config):  # stopped by a signal: save (unless this step just was) and say how to go on
         if saved_step != state.step:
             last_checkpoint = save_training_checkpoint(state, config, run, run.step_name(state.step), data)
             run.prune_checkpoints(config.keep)
