@@ -225,6 +225,8 @@ def train(
     beta1: Optional[float] = typer.Option(None, "--beta1", help=_default_d("beta1")),
     beta2: Optional[float] = typer.Option(None, "--beta2", help=_default_d("beta2")),
     d_steps: Optional[int] = typer.Option(None, "--d-steps", help=f"D updates per G update {_default_d('d_steps')}"),
+    lr_decay: Optional[float] = typer.Option(None, "--lr-decay", help=f"Fraction of the run (steps, or minutes with --max-minutes) at its end over which both learning rates fall linearly to 0 {_default_d('lr_decay')}"),
+    augment: Optional[str] = typer.Option(None, "--augment", help=f"Augment D's real and fake inputs alike: none or translation (DiffAugment) {_default_d('augment')}"),
     ema: Optional[bool] = typer.Option(None, "--ema/--no-ema", help="Keep an EMA copy of G for sampling (default: ema)"),
     ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help=_default_d("ema_decay")),
     seed: Optional[int] = typer.Option(None, "--seed", help=f"Seed of every random draw {_default_d('seed')}"),

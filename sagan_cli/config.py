@@ -45,6 +45,8 @@ class TrainConfig:
     beta1: float = 0.0
     beta2: float = 0.9
     d_steps: int = 1
+    lr_decay: float = 0.0  # fraction of the run at its end over which both learning rates fall linearly to 0
+    augment: str = "none"  # DiffAugment of D's inputs: none or translation
     ema: bool = True
     ema_decay: float = 0.999
     ema_start: int = 0
@@ -105,6 +107,12 @@ class TrainConfig:
                 raise UsageError(f"--{name} must be in [0, 1), got {value}")
         if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
             raise UsageError(f"--max-minutes must be a positive number of minutes, got {self.max_minutes}")
+        if not 0 <= self.lr_decay <= 1:
+            raise UsageError(f"--lr-decay must be in [0, 1] (the fraction of the run that decays), got {self.lr_decay}")
+        from .augment import AUGMENTATIONS
+
+        if self.augment not in AUGMENTATIONS:
+            raise UsageError(f"--augment {self.augment!r} is unknown; use one of {', '.join(AUGMENTATIONS)}")
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         check_seed(self.seed)

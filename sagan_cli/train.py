@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from .augment import augment
 from .checkpoint import load_module_state, load_optimizer_state, read_checkpoint_info, save_checkpoint
 from .config import TrainConfig
 from .data import ImageData, to_model_range
@@ -30,6 +31,7 @@ from .runtime import preferred_memory_format
 from .sampling import generate, make_grid, sample_latents
 
 STREAM_LATENTS = 0  # a step's latents, then its fake labels, come from this stream
+STREAM_AUGMENT = 1  # a step's augmentation draws (D step, then G step)
 PREVIEW_SAMPLES = 64
 
 
@@ -171,6 +173,7 @@ def train_step(state: TrainState, data: ImageData, config: TrainConfig, device: 
     model = config.model
     memory_format = preferred_memory_format(device)
     conditional = model.num_classes > 0
+    _set_learning_rates(state, config)
     for d_step in range(config.d_steps):
         indices = batch_indices(state.step * config.d_steps + d_step, len(data), config.batch_size, config.seed)
         real = to_model_range(data.images[indices]).to(device, memory_format=memory_format)  # (B, C, S, S)
@@ -186,7 +189,9 @@ def train_step(state: TrainState, data: ImageData, config: TrainConfig, device: 
         with torch.set_grad_enabled(keep_graph):
             fake = G(z, fake_labels)  # (B, C, S, S)
         labels = torch.cat([real_labels, fake_labels]) if conditional else None
-        scores = D(torch.cat([real, fake.detach()]), labels)  # (2B,): one D pass for real and fake
+        augment_rng = step_generator(config.seed, state.step * config.d_steps + d_step, STREAM_AUGMENT)
+        both = augment(torch.cat([real, fake.detach()]), config.augment, augment_rng)  # (2B, C, S, S)
+        scores = D(both.contiguous(memory_format=memory_format), labels)  # (2B,): one D pass for real and fake
         d_real, d_fake = scores[: config.batch_size], scores[config.batch_size :]
         loss_d = F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean()
         state.optimizer_d.zero_grad(set_to_none=True)
@@ -194,7 +199,8 @@ def train_step(state: TrainState, data: ImageData, config: TrainConfig, device: 
         state.optimizer_d.step()
 
     D.requires_grad_(False)  # the G step needs gradients w.r.t. D's input only
-    loss_g = -D(fake, fake_labels).mean()
+    seen = augment(fake, config.augment, augment_rng).contiguous(memory_format=memory_format)  # (B, C, S, S)
+    loss_g = -D(seen, fake_labels).mean()
     state.optimizer_g.zero_grad(set_to_none=True)
     loss_g.backward()
     state.optimizer_g.step()
@@ -209,6 +215,24 @@ def train_step(state: TrainState, data: ImageData, config: TrainConfig, device: 
         "d_real": d_real.detach().mean(),
         "d_fake": d_fake.detach().mean(),
     }
+
+
+def run_progress(state: TrainState, config: TrainConfig) -> float:
+    """How far the run is, 0..1: by steps, or by training time when a --max-minutes budget ends it sooner."""
+    progress = state.step / config.max_steps
+    if config.max_minutes is not None:
+        progress = max(progress, state.train_seconds / (config.max_minutes * 60))
+    return min(progress, 1.0)
+
+
+def _set_learning_rates(state: TrainState, config: TrainConfig) -> None:
+    """Linear decay to 0 over the last `lr_decay` of the run (the constant rates before it)."""
+    if config.lr_decay <= 0:
+        return
+    factor = min(1.0, (1.0 - run_progress(state, config)) / config.lr_decay)
+    for optimizer, lr in ((state.optimizer_g, config.lr_g), (state.optimizer_d, config.lr_d)):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * factor
 
 
 def training_done(state: TrainState, config: TrainConfig) -> bool:
