@@ -113,11 +113,13 @@ def _default_d(name: str) -> str:
     return f"(default: {getattr(DEFAULTS, name)})"
 
 
-def _resolve_new_config(given: dict[str, Any], model_given: dict[str, Any], conditional: bool) -> TrainConfig:
+def _resolve_new_config(given: dict[str, Any], model_given: dict[str, Any], conditional: bool | None) -> TrainConfig:
     from .data import is_folder_dataset, native_shape
 
     dataset = given.get("dataset", DEFAULTS.dataset)
     channels, image_size, num_classes = native_shape(dataset)
+    if conditional is None:  # default: class-conditional whenever the data has labels (docs/results.md)
+        conditional = num_classes > 0
     if conditional and num_classes == 0:
         raise UsageError(f"--conditional needs a labelled dataset (mnist, fashion-mnist, cifar10); {dataset!r} has no labels")
     model_values = {"image_size": image_size, "channels": channels, **model_given}
@@ -211,7 +213,7 @@ def train(
     download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Allow dataset downloads (default: download)"),
     attention: Optional[bool] = typer.Option(None, "--attention/--no-attention", help="Self-attention in G and D (default: attention)"),
     attn_res: Optional[str] = typer.Option(None, "--attn-res", help="Feature-map size(s) that get attention, e.g. 14 or 16,32 (default: image size / 2, at most 64)"),
-    conditional: Optional[bool] = typer.Option(None, "--conditional", help="Class-conditional: conditional BN in G, projection D"),
+    conditional: Optional[bool] = typer.Option(None, "--conditional/--no-conditional", help="Class-conditional (conditional BN in G, projection D); default: on for labelled datasets (mnist, fashion-mnist, cifar10), off for folders"),
     image_size: Optional[int] = typer.Option(None, "--image-size", help=f"One of {', '.join(map(str, SUPPORTED_IMAGE_SIZES))} (default: the dataset's)"),
     channels: Optional[int] = typer.Option(None, "--channels", help="1 or 3 (default: the dataset's)"),
     z_dim: Optional[int] = typer.Option(None, "--z-dim", help=f"Latent size (default: {MODEL_DEFAULTS.z_dim})"),
@@ -276,7 +278,7 @@ def train(
             raise UsageError(f"--out {out} conflicts with --resume {resume}, whose run is in {run_path.parent}; drop --out")
     else:
         out = Path("runs") if out is None else out
-        config, checkpoint = _resolve_new_config(given, model_given, bool(conditional)), None
+        config, checkpoint = _resolve_new_config(given, model_given, conditional), None
         base = name or f"{Path(config.dataset).name or 'data'}-{'attn' if config.model.attention else 'noattn'}"
         run_path = out / base if name else unique_run_path(out, base)
         if writer:
@@ -333,7 +335,7 @@ def sample(
     nrow: Optional[int] = typer.Option(None, "--nrow", help="Images per grid row (default: about sqrt(n))"),
     seed: int = typer.Option(0, "--seed", help="Seed of the latents: same seed, same images"),
     truncation: float = typer.Option(1.0, "--truncation", help="Scale latents by T in (0, 1]: lower = cleaner, less varied"),
-    class_index: Optional[int] = typer.Option(None, "--class", help="Class to draw (conditional models only)"),
+    class_index: Optional[int] = typer.Option(None, "--class", help="Class to draw (conditional models only; default: every image gets a class drawn uniformly from its seed)"),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA generator when the checkpoint has one"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps"),
     batch_size: int = typer.Option(256, "--batch-size", help="Images generated per forward pass"),
