@@ -13,14 +13,37 @@ import json
 from pathlib import Path
 
 
+def final_table(records: list[dict]) -> str:
+    """One Markdown row per run: its last checkpoint's step, minutes, scores and class checks."""
+    lines = [
+        "| variant | seed | steps | minutes (1 thread) | img/s (1 thread) | FID | IS | class shares | class accuracy |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(records, key=lambda r: (r["variant"], r["seed"])):
+        last, classes = r["rows"][-1], r.get("classes") or {}
+        speed = last["step"] * 64 / (last["train_minutes"] * 60)
+        shares = f"{100 * classes['min_share']:.1f}-{100 * classes['max_share']:.1f}%" if classes else ""
+        accuracy = f"{100 * classes['accuracy']:.2f}%" if "accuracy" in classes else ""
+        lines.append(
+            f"| {r['variant']} | {r['seed']} | {last['step']} | {last['train_minutes']:.1f} | {speed:.0f} | "
+            f"{last['FID']:.2f} | {last['IS']:.2f} | {shares} | {accuracy} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
-    parser.add_argument("-o", "--output", type=Path, required=True)
-    parser.add_argument("--variants", required=True, help="comma-separated variant names, in legend order")
+    parser.add_argument("-o", "--output", type=Path, help="the plot (PNG)")
+    parser.add_argument("--variants", help="comma-separated variant names, in legend order")
+    parser.add_argument("--table", action="store_true", help="print a Markdown table of every run's last checkpoint")
     parser.add_argument("--labels", help="comma-separated legend labels (default: the variant names)")
     parser.add_argument("--title", default="")
     args = parser.parse_args()
+    if args.table:
+        print(final_table(json.loads(args.results.read_text())), end="")
+    if not (args.output and args.variants):
+        return
 
     import matplotlib
 

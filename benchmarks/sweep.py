@@ -52,14 +52,18 @@ VARIANTS: dict[str, list[str]] = {
     "d32-lr2-noattn": [*COND[:-1], "--no-attention", "--d-width", "32", "--lr-g", "2e-4", "--lr-d", "4e-4"],
     "u-base": [*UNCOND, "--d-width", "64", "--lr-g", "1e-4", "--lr-d", "4e-4"],
     "u-d32-lr2": [*UNCOND, "--d-width", "32", "--lr-g", "2e-4", "--lr-d", "4e-4"],
+    "u-d32-lr44": [*UNCOND, "--d-width", "32", "--lr-g", "4e-4", "--lr-d", "4e-4"],
+    "d32-lr44-noattn": [*COND[:-1], "--no-attention", "--d-width", "32", "--lr-g", "4e-4", "--lr-d", "4e-4"],
+    "u-d64-lr2": [*UNCOND, "--d-width", "64", "--lr-g", "2e-4", "--lr-d", "4e-4"],
+    "u-d32-lr28": [*UNCOND, "--d-width", "32", "--lr-g", "2e-4", "--lr-d", "8e-4"],
     "u-d32-lr2-aug": [*UNCOND, "--d-width", "32", "--lr-g", "2e-4", "--lr-d", "4e-4", "--augment", "translation"],
 }
 
 
-def train_variant(name: str, seed: int, minutes: float, out: Path, save_every: int) -> Path:
+def train_variant(name: str, seed: int, minutes: float, out: Path, save_every: int, steps: int | None = None) -> Path:
     """Train one variant (or extend an earlier run of it to the new budget); return the run directory."""
     run = out / f"{name}-s{seed}"
-    common = ["--max-minutes", str(minutes), "--max-steps", "100000"]
+    common = ["--max-steps", str(steps)] if steps else ["--max-minutes", str(minutes), "--max-steps", "100000"]
     if (run / "checkpoints").exists():
         command = ["sagan", "train", "--resume", str(run), *common]
     else:
@@ -79,6 +83,7 @@ def main() -> None:
     parser.add_argument("variants", nargs="+", choices=sorted(VARIANTS))
     parser.add_argument("--seeds", default="1", help="comma-separated training seeds (default 1)")
     parser.add_argument("--minutes", type=float, default=8.0, help="training-time budget per run (default 8)")
+    parser.add_argument("--steps", type=int, help="train to this many steps instead of for --minutes")
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--num-samples", type=int, default=5000, help="samples per checkpoint score (default 5000)")
     parser.add_argument("--out", type=Path, default=Path("runs/sweep"))
@@ -93,7 +98,7 @@ def main() -> None:
             if args.score_only:
                 run = args.out / f"{name}-s{seed}"
             else:
-                run = train_variant(name, seed, args.minutes, args.out, args.save_every)
+                run = train_variant(name, seed, args.minutes, args.out, args.save_every, args.steps)
             if args.train_only:
                 continue
             rows = score_runs([run], args.num_samples, "digits", seed=0)

@@ -218,7 +218,7 @@ def train(
     channels: Optional[int] = typer.Option(None, "--channels", help="1 or 3 (default: the dataset's)"),
     z_dim: Optional[int] = typer.Option(None, "--z-dim", help=f"Latent size (default: {MODEL_DEFAULTS.z_dim})"),
     g_width: Optional[int] = typer.Option(None, "--g-width", help=f"Generator width (default: {MODEL_DEFAULTS.g_width})"),
-    d_width: Optional[int] = typer.Option(None, "--d-width", help="Discriminator width (default: 64 up to 32 px, 32 from 64 px on)"),
+    d_width: Optional[int] = typer.Option(None, "--d-width", help="Discriminator width (default: 32)"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help=f"Training iterations {_default_d('max_steps')}"),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Time budget: stop with a final checkpoint at the first step past M minutes of training (with --resume: a new total budget; --max-steps alone lifts it) (default: none)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=_default_d("batch_size")),
