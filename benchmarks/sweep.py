@@ -88,6 +88,8 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=5000, help="samples per checkpoint score (default 5000)")
     parser.add_argument("--out", type=Path, default=Path("runs/sweep"))
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/quality-sweep.json"))
+    parser.add_argument("--final-only", action="store_true", help="score only each run's last checkpoint")
+    parser.add_argument("--stride", type=int, default=1, help="score every N-th checkpoint (and the last)")
     stage = parser.add_mutually_exclusive_group()
     stage.add_argument("--train-only", action="store_true", help="train, score later (scores do not depend on the core)")
     stage.add_argument("--score-only", action="store_true", help="score runs trained earlier with --train-only")
@@ -101,7 +103,7 @@ def main() -> None:
                 run = train_variant(name, seed, args.minutes, args.out, args.save_every, args.steps)
             if args.train_only:
                 continue
-            rows = score_runs([run], args.num_samples, "digits", seed=0)
+            rows = score_runs([run], args.num_samples, "digits", seed=0, final_only=args.final_only, stride=args.stride)
             final = run / "checkpoints" / "final.safetensors"
             classes = class_report(final, args.num_samples) if final.exists() else None
             record = {
