@@ -14,8 +14,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -117,10 +118,12 @@ def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> 
         return str(value)
 
     body = [[cell(row.get(key)) for key, _ in columns] for row in rows]
-    widths = [max(len(header), *(len(r[i]) for r in body)) if body else len(header) for i, (_, header) in enumerate(columns)]
-    lines = ["  ".join(h.ljust(w) for (_, h), w in zip(columns, widths))]
+    widths = [
+        max(len(header), *(len(r[i]) for r in body)) if body else len(header) for i, (_, header) in enumerate(columns)
+    ]
+    lines = ["  ".join(h.ljust(w) for (_, h), w in zip(columns, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in body]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in body]
     return "\n".join(lines)
 
 
@@ -144,7 +147,9 @@ def emit(result: dict[str, Any], as_json: bool, table: str) -> None:
 
 def plain_upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Yardstick: nearest 2x upsampling, then a 3x3 conv on the big map (what popular code does)."""
-    return torch.nn.functional.conv2d(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)
+    return torch.nn.functional.conv2d(
+        torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1
+    )
 
 
 def plain_conv3x3_avgpool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -66,7 +66,9 @@ def forward_backward(impl: str, block: SelfAttention, x: torch.Tensor) -> torch.
     return out
 
 
-def run_child(impl: str, size: int, channels: int, batch: int, warmup: int, repeats: int, save: str | None) -> dict[str, Any]:
+def run_child(
+    impl: str, size: int, channels: int, batch: int, warmup: int, repeats: int, save: str | None
+) -> dict[str, Any]:
     block, x = make_block(channels, size, batch)
     block.eval()  # spectral norm: no power iteration, so every call sees the same weights
     baseline = common.current_rss_mb()
@@ -76,8 +78,15 @@ def run_child(impl: str, size: int, channels: int, batch: int, warmup: int, repe
         out = forward_backward(impl, block, x)
         torch.save({"out": out[:KEEP_SAMPLES].detach().clone(), "grad": x.grad[:KEEP_SAMPLES].clone()}, save)
     return {
-        "impl": impl, "size": size, "tokens": size * size, "channels": channels, "batch": batch,
-        "seconds": seconds, "times": times, "peak_mb": peak_delta, "machine": common.machine(),
+        "impl": impl,
+        "size": size,
+        "tokens": size * size,
+        "channels": channels,
+        "batch": batch,
+        "seconds": seconds,
+        "times": times,
+        "peak_mb": peak_delta,
+        "machine": common.machine(),
     }
 
 
@@ -91,7 +100,9 @@ def kernels_report(channels: int, batch: int, sizes: list[int]) -> list[dict[str
         block.train()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             block(x).square().mean().backward()
-        names = sorted({e.key for e in prof.key_averages() if any(s in e.key for s in ("attention", "bmm", "softmax", "baddbmm"))})
+        names = sorted(
+            {e.key for e in prof.key_averages() if any(s in e.key for s in ("attention", "bmm", "softmax", "baddbmm"))}
+        )
         forward = [n for n in names if "backward" not in n and not n.startswith("autograd")]
         backward = [n for n in names if "backward" in n and not n.startswith("autograd")]
         rows.append({"size": size, "forward": ", ".join(forward), "backward": ", ".join(backward)})
@@ -123,9 +134,13 @@ def main() -> None:
     parser.add_argument("--impls", default=",".join(IMPLS))
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--naive-max-tokens-batch", type=int, default=4096 * 16,
-                        help="naive and math run at a smaller batch when N x batch exceeds this; time and memory are "
-                             "then scaled linearly to --batch (noted in the table). 4096*64 runs it in full (~16 GB)")
+    parser.add_argument(
+        "--naive-max-tokens-batch",
+        type=int,
+        default=4096 * 16,
+        help="naive and math run at a smaller batch when N x batch exceeds this; time and memory are "
+        "then scaled linearly to --batch (noted in the table). 4096*64 runs it in full (~16 GB)",
+    )
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--kernels", action="store_true", help="only report which aten kernels run (training mode)")
@@ -136,12 +151,18 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     impls = [s for s in args.impls.split(",") if s]
     if args.child:
-        print(json.dumps(run_child(impls[0], sizes[0], args.channels, args.batch, args.warmup, args.repeats, args.save)))
+        print(
+            json.dumps(run_child(impls[0], sizes[0], args.channels, args.batch, args.warmup, args.repeats, args.save))
+        )
         return
     if args.kernels:
         rows = kernels_report(args.channels, min(args.batch, 8), sizes)
         result = {"benchmark": "attention-kernels", "machine": common.machine(), "rows": rows}
-        common.emit(result, args.json, common.format_table(rows, [("size", "map"), ("forward", "forward ops"), ("backward", "backward ops")]))
+        common.emit(
+            result,
+            args.json,
+            common.format_table(rows, [("size", "map"), ("forward", "forward ops"), ("backward", "backward ops")]),
+        )
         return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,21 +174,46 @@ def main() -> None:
                     while batch > 1 and size * size * batch > args.naive_max_tokens_batch:
                         batch //= 2
                 path = str(Path(tmp) / f"{impl}-{size}.pt")
-                child_args = ["--impls", impl, "--sizes", str(size), "--channels", str(args.channels), "--batch", str(batch),
-                              "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--save", path]
+                child_args = [
+                    "--impls",
+                    impl,
+                    "--sizes",
+                    str(size),
+                    "--channels",
+                    str(args.channels),
+                    "--batch",
+                    str(batch),
+                    "--warmup",
+                    str(args.warmup),
+                    "--repeats",
+                    str(args.repeats),
+                    "--save",
+                    path,
+                ]
                 row = common.run_child(SCRIPT, child_args)
                 row.setdefault("impl", impl)
                 row.setdefault("size", size)
                 if "seconds" in row and batch != args.batch:
                     scale = args.batch / batch
-                    row.update(measured_batch=batch, batch=args.batch, seconds=row["seconds"] * scale,
-                               peak_mb=row["peak_mb"] * scale, scaled_note=f"batch {batch} x{scale:g}")
+                    row.update(
+                        measured_batch=batch,
+                        batch=args.batch,
+                        seconds=row["seconds"] * scale,
+                        peak_mb=row["peak_mb"] * scale,
+                        scaled_note=f"batch {batch} x{scale:g}",
+                    )
                 if Path(path).exists():
                     saved[impl] = torch.load(path)
                 rows.append(row)
                 if not args.json:
-                    print(f"  done {impl} {size}x{size}: {row.get('seconds', row.get('error'))}", file=sys.stderr, flush=True)
-            naive = next((r for r in rows if r.get("impl") == "naive" and r.get("size") == size and "seconds" in r), None)
+                    print(
+                        f"  done {impl} {size}x{size}: {row.get('seconds', row.get('error'))}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            naive = next(
+                (r for r in rows if r.get("impl") == "naive" and r.get("size") == size and "seconds" in r), None
+            )
             for row in rows:
                 if row.get("size") != size or naive is None or "seconds" not in row:
                     continue
@@ -175,8 +221,12 @@ def main() -> None:
                 row["memory_fraction_of_naive"] = row["peak_mb"] / max(naive["peak_mb"], 1e-9)
                 if "naive" in saved and row["impl"] in saved:
                     row["max_abs_diff_vs_naive"] = compare(saved["naive"], saved[row["impl"]])
-    result = {"benchmark": "attention", "machine": common.machine(), "rows": rows,
-              "settings": {k: v for k, v in vars(args).items() if k not in ("json", "child", "save", "kernels")}}
+    result = {
+        "benchmark": "attention",
+        "machine": common.machine(),
+        "rows": rows,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "child", "save", "kernels")},
+    }
     common.emit(result, args.json, common.format_table(rows, COLUMNS))
 
 

@@ -46,8 +46,16 @@ def proxy(n: int, batch: int, classifier_batch: int, memory_format: str) -> dict
         features = [classifier(uint8_to_model_input(chunk))[0] for chunk in images.split(classifier_batch)]
     done = time.perf_counter()
     assert torch.cat(features).shape == (n, 128)
-    return {"mode": "proxy", "memory_format": memory_format, "n": n, "batch": batch, "generate_seconds": generated - start,
-            "classify_seconds": done - generated, "seconds": done - start, "samples_per_s": n / (done - start)}
+    return {
+        "mode": "proxy",
+        "memory_format": memory_format,
+        "n": n,
+        "batch": batch,
+        "generate_seconds": generated - start,
+        "classify_seconds": done - generated,
+        "seconds": done - start,
+        "samples_per_s": n / (done - start),
+    }
 
 
 def make_checkpoint() -> str:
@@ -62,10 +70,18 @@ def make_checkpoint() -> str:
     config = TrainConfig(dataset="mnist", download=False)
     state = build_state(config, torch.device("cpu"))
     path = Path(tempfile.mkdtemp(prefix="sagan-bench-")) / "random.safetensors"
-    save_checkpoint(path, train_config=config, step=0, train_seconds=0.0, generator=state.generator,
-                    generator_ema=state.generator_ema, discriminator=state.discriminator,
-                    optimizer_g=state.optimizer_g, optimizer_d=state.optimizer_d,
-                    extra_metadata={"data_source": "bundled MNIST test digits", "data_id": "mnist"})
+    save_checkpoint(
+        path,
+        train_config=config,
+        step=0,
+        train_seconds=0.0,
+        generator=state.generator,
+        generator_ema=state.generator_ema,
+        discriminator=state.discriminator,
+        optimizer_g=state.optimizer_g,
+        optimizer_d=state.optimizer_d,
+        extra_metadata={"data_source": "bundled MNIST test digits", "data_id": "mnist"},
+    )
     return str(path)
 
 
@@ -84,7 +100,16 @@ def main() -> None:
     rows = []
     if args.mode == "cli":
         checkpoint = args.checkpoint or make_checkpoint()
-        command = [sys.executable, "-m", "sagan_cli", "evaluate", checkpoint, "-n", str(args.n), *(args.extra or ["--extractor", "digits", "--json"])]
+        command = [
+            sys.executable,
+            "-m",
+            "sagan_cli",
+            "evaluate",
+            checkpoint,
+            "-n",
+            str(args.n),
+            *(args.extra or ["--extractor", "digits", "--json"]),
+        ]
         times = []
         for _ in range(args.repeats + 1):
             start = time.perf_counter()
@@ -94,8 +119,16 @@ def main() -> None:
                 parser.exit(1, f"`{' '.join(command)}` failed: {proc.stderr.strip()[-500:]}\n")
         times = times[1:]  # the first call builds the reference-feature cache
         seconds = sorted(times)[len(times) // 2]
-        rows.append({"mode": "cli", "n": args.n, "seconds": seconds, "times": times, "samples_per_s": args.n / seconds,
-                     "command": " ".join(command[1:])})
+        rows.append(
+            {
+                "mode": "cli",
+                "n": args.n,
+                "seconds": seconds,
+                "times": times,
+                "samples_per_s": args.n / seconds,
+                "command": " ".join(command[1:]),
+            }
+        )
     else:
         for memory_format in [m for m in args.memory_formats.split(",") if m]:
             proxy(min(args.n, 1024), args.batch, args.classifier_batch, memory_format)  # warm-up
@@ -103,10 +136,21 @@ def main() -> None:
             row = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
             row["times"] = [r["seconds"] for r in runs]
             rows.append(row)
-    result = {"benchmark": "evaluate", "machine": common.machine(), "rows": rows,
-              "settings": {k: v for k, v in vars(args).items() if k != "json"}}
-    columns = [("mode", "mode"), ("memory_format", "memory format"), ("n", "samples"), ("generate_seconds", "generate s"),
-               ("classify_seconds", "classify s"), ("seconds", "total s"), ("samples_per_s", "samples/s")]
+    result = {
+        "benchmark": "evaluate",
+        "machine": common.machine(),
+        "rows": rows,
+        "settings": {k: v for k, v in vars(args).items() if k != "json"},
+    }
+    columns = [
+        ("mode", "mode"),
+        ("memory_format", "memory format"),
+        ("n", "samples"),
+        ("generate_seconds", "generate s"),
+        ("classify_seconds", "classify s"),
+        ("seconds", "total s"),
+        ("samples_per_s", "samples/s"),
+    ]
     common.emit(result, args.json, common.format_table(rows, columns))
 
 

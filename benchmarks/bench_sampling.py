@@ -50,14 +50,29 @@ def run_config(name: str, batch: int, batches: int, warmup: int, repeats: int) -
     latents = sample_latents(batch * batches, generator.config.z_dim, seed=0)
     seconds, times = common.median_time(lambda: generate(generator, latents, batch_size=batch), warmup, repeats)
     return {
-        "config": name, "image_size": size, "width": width, "variant": variant, "memory_format": memory_format, "batch": batch,
-        "params_g": count_parameters(generator), "images": batch * batches, "seconds": seconds, "times": times,
-        "images_per_s": batch * batches / seconds, "machine": common.machine(),
+        "config": name,
+        "image_size": size,
+        "width": width,
+        "variant": variant,
+        "memory_format": memory_format,
+        "batch": batch,
+        "params_g": count_parameters(generator),
+        "images": batch * batches,
+        "seconds": seconds,
+        "times": times,
+        "images_per_s": batch * batches / seconds,
+        "machine": common.machine(),
     }
 
 
-COLUMNS = [("config", "config"), ("params_g", "G params"), ("batch", "batch"), ("images", "images"),
-           ("seconds", "seconds"), ("images_per_s", "img/s")]
+COLUMNS = [
+    ("config", "config"),
+    ("params_g", "G params"),
+    ("batch", "batch"),
+    ("images", "images"),
+    ("seconds", "seconds"),
+    ("images_per_s", "img/s"),
+]
 
 
 def main() -> None:
@@ -79,14 +94,31 @@ def main() -> None:
         return
     rows = []
     for name in names:
-        row = common.run_child(SCRIPT, ["--configs", name, "--batch", str(args.batch), "--batches", str(args.batches),
-                                        "--warmup", str(args.warmup), "--repeats", str(args.repeats)])
+        row = common.run_child(
+            SCRIPT,
+            [
+                "--configs",
+                name,
+                "--batch",
+                str(args.batch),
+                "--batches",
+                str(args.batches),
+                "--warmup",
+                str(args.warmup),
+                "--repeats",
+                str(args.repeats),
+            ],
+        )
         row.setdefault("config", name)
         rows.append(row)
         if not args.json:
             print(f"  done {name}: {row.get('images_per_s', row.get('error'))}", file=sys.stderr, flush=True)
-    result = {"benchmark": "sampling", "machine": common.machine(), "rows": rows,
-              "settings": {k: v for k, v in vars(args).items() if k not in ("json", "child")}}
+    result = {
+        "benchmark": "sampling",
+        "machine": common.machine(),
+        "rows": rows,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "child")},
+    }
     common.emit(result, args.json, common.format_table(rows, COLUMNS))
 
 

@@ -44,7 +44,7 @@ from sagan_cli.config import TrainConfig
 from sagan_cli.data import ImageData, to_model_range
 from sagan_cli.model import ModelConfig, SelfAttention, count_parameters
 from sagan_cli.runtime import tune_cpu_allocator
-from sagan_cli.train import batch_indices, build_state, step_generator, train_step, STREAM_LATENTS
+from sagan_cli.train import STREAM_LATENTS, batch_indices, build_state, step_generator, train_step
 
 # name -> (width, variant); width is G's and D's, or (G width, D width); variants apply on top of the library's defaults.
 CONFIGS: dict[str, tuple[int | tuple[int, int], str]] = {
@@ -65,17 +65,19 @@ CONFIGS: dict[str, tuple[int | tuple[int, int], str]] = {
     "ref-w32": (32, "reference"),
     "ref-w64": (64, "reference"),
 }
-DEFAULT_CONFIGS = "ours-w32,ref-w32,ours-w16,ours-w64,w32-plain-convs,w32-default-malloc,w32-no-reuse,w32-adam-loop,w32-contiguous"
+DEFAULT_CONFIGS = (
+    "ours-w32,ref-w32,ours-w16,ours-w64,w32-plain-convs,w32-default-malloc,w32-no-reuse,w32-adam-loop,w32-contiguous"
+)
 SCRIPT = Path(__file__).resolve()
 
 
-def sdpa_cpu_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
+def sdpa_cpu_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
     """FLOPs of the fused CPU attention forward: Q K^T and P V, 2 * 2 B H N M d (as for CUDA flash)."""
     b, h, n, d = query
     return 4 * b * h * n * key[2] * d
 
 
-def sdpa_cpu_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
+def sdpa_cpu_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
     """FLOPs of its backward: dV, dP, dQ, dK (recomputing P not counted, as for CUDA flash)."""
     b, h, n, d = query
     return 8 * b * h * n * key[2] * d
@@ -152,7 +154,9 @@ def random_data(n: int, channels: int, size: int, seed: int = 0) -> ImageData:
 
 
 def adam(params: Any, config: TrainConfig, lr: float, variant: str) -> torch.optim.Adam:
-    kwargs = {"adam-loop": {"foreach": False}, "adam-foreach": {"foreach": True}, "adam-fused": {"fused": True}}[variant]
+    kwargs = {"adam-loop": {"foreach": False}, "adam-foreach": {"foreach": True}, "adam-fused": {"fused": True}}[
+        variant
+    ]
     return torch.optim.Adam(params, lr=lr, betas=(config.beta1, config.beta2), **kwargs)
 
 
@@ -217,7 +221,7 @@ def run_config(name: str, image_size: int, batch: int, attn: int, warmup: int, r
         start = time.perf_counter()
         one_step()
         times.append(time.perf_counter() - start)
-    fractions = [flops / t / 1e9 / p for t, p in zip(times, peaks)]
+    fractions = [flops / t / 1e9 / p for t, p in zip(times, peaks, strict=True)]
     seconds = statistics.median(times)
     gflops_per_s = flops / seconds / 1e9
     images_per_iteration = batch  # one D step and one G step on `batch` fresh fakes and reals
@@ -291,7 +295,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per configuration and round")
     parser.add_argument("--rounds", type=int, default=1, help="run the configuration list this many times, interleaved")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON result here after every configuration")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="also write the JSON result here after every configuration"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
@@ -306,20 +312,45 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for round_index in range(args.rounds):  # interleaved, so slow phases of the machine hit every config
         for name in names:
-            child_args = ["--configs", name, "--image-size", str(args.image_size), "--batch", str(args.batch),
-                          "--attn", str(args.attn), "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
+            child_args = [
+                "--configs",
+                name,
+                "--image-size",
+                str(args.image_size),
+                "--batch",
+                str(args.batch),
+                "--attn",
+                str(args.attn),
+                "--warmup",
+                str(args.warmup),
+                "--repeats",
+                str(args.repeats),
+            ]
             row = common.run_child(SCRIPT, child_args)
             row.setdefault("config", name)
             runs[name].append(row)
             if not args.json:
-                print(f"  round {round_index + 1}: {name}: {row.get('images_per_s', row.get('error'))}", file=sys.stderr, flush=True)
+                print(
+                    f"  round {round_index + 1}: {name}: {row.get('images_per_s', row.get('error'))}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         rows = [merge_rounds(runs[name]) for name in names if runs[name]]
         if args.out:
-            partial = {"benchmark": "train", "machine": common.machine(), "rows": rows, "command": " ".join(sys.argv),
-                       "settings": {k: v for k, v in vars(args).items() if k not in ("json", "child", "out")}}
+            partial = {
+                "benchmark": "train",
+                "machine": common.machine(),
+                "rows": rows,
+                "command": " ".join(sys.argv),
+                "settings": {k: v for k, v in vars(args).items() if k not in ("json", "child", "out")},
+            }
             args.out.write_text(json.dumps(partial, indent=1))
-    result = {"benchmark": "train", "machine": common.machine(), "rows": rows,
-              "settings": {k: v for k, v in vars(args).items() if k not in ("json", "child", "out")}}
+    result = {
+        "benchmark": "train",
+        "machine": common.machine(),
+        "rows": rows,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "child", "out")},
+    }
     common.emit(result, args.json, common.format_table(rows, COLUMNS))
 
 

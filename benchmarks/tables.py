@@ -1,6 +1,6 @@
 """Print the results in benchmarks/results/*.json as Markdown tables (what docs/performance.md shows).
 
-    python benchmarks/tables.py > /tmp/tables.md
+python benchmarks/tables.py > /tmp/tables.md
 """
 
 from __future__ import annotations
@@ -41,18 +41,56 @@ def percent(rows: list[dict], key: str) -> None:
 
 
 SECTIONS = {
-    "train": [("config", "config"), ("params_g", "G params"), ("params_d", "D params"), ("gflop_per_iter", "GFLOP/iter"),
-              ("seconds_per_iter", "s/iter"), ("images_per_s", "img/s"), ("gflops_per_s", "GFLOP/s"),
-              ("gemm_peak_gflops", "GEMM peak GFLOP/s"), ("fraction_of_peak_pct", "of peak"), ("peak_rss_mb", "peak RSS MB")],
-    "train128": [("config", "config"), ("image_size", "size"), ("batch", "batch"), ("gflop_per_iter", "GFLOP/iter"),
-                 ("seconds_per_iter", "s/iter"), ("images_per_s", "img/s"), ("fraction_of_peak_pct", "of peak"), ("peak_rss_mb", "peak RSS MB")],
-    "attention": [("size", "map"), ("tokens", "N"), ("impl", "impl"), ("seconds", "fwd+bwd s"), ("peak_mb", "peak MB"),
-                  ("speedup_vs_naive", "x faster than naive"), ("memory_fraction_of_naive", "memory / naive"),
-                  ("max_abs_diff_vs_naive", "max abs diff"), ("scaled_note", "note")],
+    "train": [
+        ("config", "config"),
+        ("params_g", "G params"),
+        ("params_d", "D params"),
+        ("gflop_per_iter", "GFLOP/iter"),
+        ("seconds_per_iter", "s/iter"),
+        ("images_per_s", "img/s"),
+        ("gflops_per_s", "GFLOP/s"),
+        ("gemm_peak_gflops", "GEMM peak GFLOP/s"),
+        ("fraction_of_peak_pct", "of peak"),
+        ("peak_rss_mb", "peak RSS MB"),
+    ],
+    "train128": [
+        ("config", "config"),
+        ("image_size", "size"),
+        ("batch", "batch"),
+        ("gflop_per_iter", "GFLOP/iter"),
+        ("seconds_per_iter", "s/iter"),
+        ("images_per_s", "img/s"),
+        ("fraction_of_peak_pct", "of peak"),
+        ("peak_rss_mb", "peak RSS MB"),
+    ],
+    "attention": [
+        ("size", "map"),
+        ("tokens", "N"),
+        ("impl", "impl"),
+        ("seconds", "fwd+bwd s"),
+        ("peak_mb", "peak MB"),
+        ("speedup_vs_naive", "x faster than naive"),
+        ("memory_fraction_of_naive", "memory / naive"),
+        ("max_abs_diff_vs_naive", "max abs diff"),
+        ("scaled_note", "note"),
+    ],
     "attention_kernels": [("size", "map"), ("forward", "forward"), ("backward", "backward")],
-    "sampling": [("config", "config"), ("params_g", "G params"), ("batch", "batch"), ("images", "images"), ("seconds", "s"), ("images_per_s", "img/s")],
-    "evaluate": [("mode", "mode"), ("memory_format", "memory format"), ("n", "samples"), ("generate_seconds", "generate s"),
-                 ("classify_seconds", "classify s"), ("seconds", "total s")],
+    "sampling": [
+        ("config", "config"),
+        ("params_g", "G params"),
+        ("batch", "batch"),
+        ("images", "images"),
+        ("seconds", "s"),
+        ("images_per_s", "img/s"),
+    ],
+    "evaluate": [
+        ("mode", "mode"),
+        ("memory_format", "memory format"),
+        ("n", "samples"),
+        ("generate_seconds", "generate s"),
+        ("classify_seconds", "classify s"),
+        ("seconds", "total s"),
+    ],
     "evaluate_cli": [("mode", "mode"), ("n", "samples"), ("seconds", "total s"), ("command", "command")],
 }
 
@@ -68,8 +106,10 @@ def main() -> None:
         data = json.loads(path.read_text())
         percent(data["rows"], "fraction_of_peak")
         m = data["machine"]
-        print(f"### {name}\n\n`{data.get('command', '')}` - {m['cpu']}, {m['logical_cpus']} CPUs, torch {m['torch']}, "
-              f"load average at the end {m['load_average']}\n")
+        print(
+            f"### {name}\n\n`{data.get('command', '')}` - {m['cpu']}, {m['logical_cpus']} CPUs, torch {m['torch']}, "
+            f"load average at the end {m['load_average']}\n"
+        )
         print(table(data["rows"], columns) + "\n")
 
 

@@ -1,3 +1,3 @@
 """sagan: train, sample and evaluate Self-Attention GANs from the command line."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

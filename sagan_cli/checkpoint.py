@@ -20,10 +20,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from . import __version__
+from .atomic import write_atomically
 from .config import TrainConfig, check_field_types
 from .errors import CheckpointError
-from .model import Generator, ModelConfig
-from .outputs import write_atomically
+from .model import Discriminator, Generator, ModelConfig
 from .runtime import preferred_memory_format
 
 FORMAT_NAME = "sagan"
@@ -111,7 +111,9 @@ def _read_header(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
-        raise CheckpointError(f"{path} is a directory; pass a .safetensors file inside it (e.g. {path}/final.safetensors)")
+        raise CheckpointError(
+            f"{path} is a directory; pass a .safetensors file inside it (e.g. {path}/final.safetensors)"
+        )
     size = path.stat().st_size
     with path.open("rb") as handle:
         head = handle.read(8)
@@ -132,7 +134,9 @@ def _read_header(path: Path) -> dict[str, Any]:
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise CheckpointError(f"{path} is not a safetensors file (unreadable header: {exc.__class__.__name__})") from None
+        raise CheckpointError(
+            f"{path} is not a safetensors file (unreadable header: {exc.__class__.__name__})"
+        ) from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} is not a safetensors file (header is not an object)")
     return header
@@ -149,7 +153,9 @@ def _metadata_int(path: Path, metadata: dict[str, str], key: str, default: str |
     """A non-negative decimal integer (ASCII digits only: int() would also take '٣', ' 7' or 5000 digits)."""
     text = metadata.get(key, default)
     if not isinstance(text, str) or not (text.isascii() and text.isdigit() and len(text) <= 18):
-        raise CheckpointError(f"{path} has an invalid '{key}' ({str(text)[:40]!r}) in its sagan metadata; the file is damaged")
+        raise CheckpointError(
+            f"{path} has an invalid '{key}' ({str(text)[:40]!r}) in its sagan metadata; the file is damaged"
+        )
     return int(text)
 
 
@@ -159,7 +165,9 @@ def _metadata_json(path: Path, metadata: dict[str, str], key: str) -> dict[str, 
     except (json.JSONDecodeError, RecursionError):
         value = None
     if not isinstance(value, dict):
-        raise CheckpointError(f"{path} has an invalid '{key}' in its sagan metadata (not a JSON object); the file is damaged")
+        raise CheckpointError(
+            f"{path} has an invalid '{key}' in its sagan metadata (not a JSON object); the file is damaged"
+        )
     return value
 
 
@@ -169,7 +177,9 @@ def _tensor_shapes(path: Path, header: dict[str, Any]) -> dict[str, tuple[int, .
         if name == "__metadata__":
             continue
         shape = entry.get("shape") if isinstance(entry, dict) else None
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
             raise CheckpointError(f"{path} is damaged: tensor {name[:80]!r} has no valid shape")
         shapes[name] = tuple(shape)
     return shapes
@@ -275,10 +285,14 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, path: Path, info: Che
     for name, value in tensors.items():
         index, _, key = name.partition(".")
         if not (index.isascii() and index.isdigit() and int(index) < len(params)) or key not in ADAM_STATE_KEYS:
-            raise CheckpointError(f"{path}: optimizer state '{prefix}' has an unexpected tensor {name[:80]!r}; the file is damaged")
+            raise CheckpointError(
+                f"{path}: optimizer state '{prefix}' has an unexpected tensor {name[:80]!r}; the file is damaged"
+            )
         wanted = () if key == "step" else tuple(params[int(index)].shape)
         if tuple(value.shape) != wanted or not value.is_floating_point():
-            raise CheckpointError(f"{path}: optimizer state '{prefix}.{name[:80]}' has the wrong shape or dtype; the file is damaged")
+            raise CheckpointError(
+                f"{path}: optimizer state '{prefix}.{name[:80]}' has the wrong shape or dtype; the file is damaged"
+            )
         state.setdefault(int(index), {})[key] = value
     if any(set(entry) != set(ADAM_STATE_KEYS) for entry in state.values()):
         raise CheckpointError(f"{path}: optimizer state '{prefix}' is incomplete; the file is damaged")
@@ -294,7 +308,9 @@ def _cheap_to_build(model: ModelConfig) -> bool:
     return model.g_width <= 64 and model.z_dim <= 1024 and model.num_classes <= 1000
 
 
-def load_generator(path: Path, use_ema: bool = True, device: str | torch.device = "cpu") -> tuple[Generator, CheckpointInfo]:
+def load_generator(
+    path: Path, use_ema: bool = True, device: str | torch.device = "cpu"
+) -> tuple[Generator, CheckpointInfo]:
     """Rebuild a generator from the file alone, in eval mode; EMA weights when present and asked for."""
     info = read_checkpoint_info(path)
     part = "generator_ema" if use_ema and info.has_ema else "generator"
@@ -305,4 +321,20 @@ def load_generator(path: Path, use_ema: bool = True, device: str | torch.device 
     load_module_state(generator, info.path, part)
     device = torch.device(device)
     # channels_last: ~2.4x faster convolutions on CPU (oneDNN) and CUDA; same layout as in training.
-    return generator.to(device, memory_format=preferred_memory_format(device)).eval(), info
+    return generator.to(device).to(memory_format=preferred_memory_format(device)).eval(), info
+
+
+def load_discriminator(path: Path, device: str | torch.device = "cpu") -> tuple[Discriminator, CheckpointInfo]:
+    """Rebuild the discriminator from a training checkpoint, in eval mode (CheckpointError if it has none)."""
+    info = read_checkpoint_info(path)
+    if not any(name.startswith("discriminator.") for name in info.shapes):
+        raise CheckpointError(
+            f"{path} holds no discriminator weights; use a checkpoint with them (sagan train writes them)"
+        )
+    if not _cheap_to_build(info.model):
+        with torch.device("meta"):
+            check_part_shapes(info, Discriminator(info.model), "discriminator")
+    discriminator = Discriminator(info.model)
+    load_module_state(discriminator, info.path, "discriminator")
+    device = torch.device(device)
+    return discriminator.to(device).to(memory_format=preferred_memory_format(device)).eval(), info

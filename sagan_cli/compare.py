@@ -11,13 +11,12 @@ from typing import Any
 import torch
 
 from .checkpoint import CheckpointInfo, load_generator, read_checkpoint_info
-from .data import Log
 from .errors import UsageError
 from .evaluation import EvalOptions, load_for_scoring, load_reference, score_generator
 from .extractors import Extractor, digits_caveat, file_sha256, resolve_extractor
+from .logs import Log
 from .model import count_parameters
 from .sampling import check_sample_count, generate, sample_labels, sample_latents
-
 
 
 @dataclass
@@ -79,23 +78,30 @@ def check_distinct(paths: list[Path]) -> None:
         seen[key] = path
 
 
-def check_compatible(infos: list[CheckpointInfo], paths: list[Path], ref: str | None, needs_reference: bool = True) -> str | None:
+def check_compatible(
+    infos: list[CheckpointInfo], paths: list[Path], ref: str | None, needs_reference: bool = True
+) -> str | None:
     """All models must make the same image shape; returns the reference name to use (None when no metric needs one)."""
     shapes = {(info.model.channels, info.model.image_size) for info in infos}
     if len(shapes) > 1:
         listed = ", ".join(
-            f"{name}: {i.model.channels}x{i.model.image_size}x{i.model.image_size}" for name, i in zip(display_names(paths), infos)
+            f"{name}: {i.model.channels}x{i.model.image_size}x{i.model.image_size}"
+            for name, i in zip(display_names(paths), infos, strict=True)
         )
         raise UsageError(f"checkpoints make different image shapes ({listed}); compare models of one shape")
     if not needs_reference:
         return None
     datasets = {info.dataset for info in infos}
     if ref is None and len(datasets) > 1:
-        raise UsageError(f"checkpoints were trained on different datasets ({', '.join(sorted(datasets))}); pass --ref to pick one")
+        raise UsageError(
+            f"checkpoints were trained on different datasets ({', '.join(sorted(datasets))}); pass --ref to pick one"
+        )
     return ref or infos[0].dataset
 
 
-def compare_checkpoints(paths: list[Path], options: EvalOptions, cache_folder: Path, log: Log) -> tuple[list[CompareRow], Extractor, Any]:
+def compare_checkpoints(
+    paths: list[Path], options: EvalOptions, cache_folder: Path, log: Log
+) -> tuple[list[CompareRow], Extractor, Any]:
     """Score every checkpoint against one reference (None for IS alone) with one extractor and the same latents."""
     options.validate()
     if len(paths) < 2:
@@ -114,15 +120,19 @@ def compare_checkpoints(paths: list[Path], options: EvalOptions, cache_folder: P
     reference = None if reference_name is None else load_reference(reference_name, infos[0], options.num_samples, log)
     names = display_names(paths)
     generators, scores = [], []
-    for name, path, info in zip(names, paths, infos):
+    for name, path, info in zip(names, paths, infos, strict=True):
         log(f"scoring {name} ({options.num_samples} samples, seed {options.seed}, {extractor.name} extractor)")
         generators.append(load_for_scoring(path, options))
-        scores.append(score_generator(generators[-1], info, reference, extractor, options, cache_folder, log)[0])
+        scores.append(score_generator(generators[-1], info.model, reference, extractor, options, cache_folder, log)[0])
     log("timing sampling speed")
-    speeds = sampling_speeds(generators, min(options.num_samples, 2 * options.batch_size), options.batch_size, options.seed)
+    speeds = sampling_speeds(
+        generators, min(options.num_samples, 2 * options.batch_size), options.batch_size, options.seed
+    )
     rows = [
         CompareRow(name, path, file_sha256(path), info, count_parameters(generator), results, speed)
-        for name, path, info, generator, results, speed in zip(names, paths, infos, generators, scores, speeds)
+        for name, path, info, generator, results, speed in zip(
+            names, paths, infos, generators, scores, speeds, strict=True
+        )
     ]
     return rows, extractor, reference
 
@@ -136,11 +146,11 @@ def sampling_speeds(generators: list[Any], num: int, batch_size: int, seed: int,
     plans = [
         (sample_latents(num, g.config.z_dim, seed), sample_labels(num, g.config.num_classes, seed)) for g in generators
     ]
-    for generator, (latents, labels) in zip(generators, plans):
+    for generator, (latents, labels) in zip(generators, plans, strict=True):
         generate(generator, latents[:batch_size], None if labels is None else labels[:batch_size], batch_size)
     times: list[list[float]] = [[] for _ in generators]
     for _ in range(rounds):
-        for index, (generator, (latents, labels)) in enumerate(zip(generators, plans)):
+        for index, (generator, (latents, labels)) in enumerate(zip(generators, plans, strict=True)):
             start = time.perf_counter()
             generate(generator, latents, labels, batch_size)  # returns CPU tensors: device work is finished
             times[index].append(time.perf_counter() - start)
@@ -157,4 +167,3 @@ def side_by_side(
         latents = sample_latents(num, info.model.z_dim, seed, truncation)
         rows.append(generate(generator, latents, sample_labels(num, info.model.num_classes, seed)))
     return torch.cat(rows)
-

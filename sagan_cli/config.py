@@ -8,18 +8,51 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .errors import UsageError
+from .losses import DEFAULT_LOSS, get_loss
 from .model import ModelConfig
 
 # Keys of a run that may change on --resume without changing what is being trained. Where the data
 # comes from may change too: the resumed data must match the checkpoint's (train.check_training_data).
+# Evaluation during training and TensorBoard logging only watch the run, so they may change too.
 RESUMABLE_OVERRIDES = frozenset(
-    {"max_steps", "max_minutes", "save_every", "sample_every", "log_every", "keep", "device", "data_dir", "download"}
+    {
+        "max_steps",
+        "max_minutes",
+        "save_every",
+        "sample_every",
+        "log_every",
+        "keep",
+        "device",
+        "data_dir",
+        "download",
+        "data_mode",
+        "data_workers",
+        "eval_every",
+        "eval_samples",
+        "tensorboard",
+        "precision",
+        "sync_bn",
+        "dist_timeout",
+    }
 )
 # Keys that configs written by earlier versions may hold; they are dropped on reading so old runs and
 # checkpoints keep loading (num_workers: batches are drawn by index from preloaded tensors, so there
 # never were loader workers, and no flag ever set it).
 RETIRED_KEYS = frozenset({"num_workers"})
+# Keys added after 0.1 that runs' files hold only when they differ from the default (TrainConfig.to_dict).
+OMITTED_AT_DEFAULT = (
+    "loss",
+    "eval_every",
+    "eval_samples",
+    "tensorboard",
+    "precision",
+    "sync_bn",
+    "dist_timeout",
+    "data_mode",
+    "data_workers",
+)
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # --precision; resolved per device in precision.py
 MAX_SEED = 2**32 - 1  # per-step generators are seeded from (seed, step); larger seeds overflow them
 MAX_CONFIG_INT = 2**40  # no count, size or step of a real run comes near this
 
@@ -37,7 +70,11 @@ class TrainConfig:
     dataset: str = "mnist"
     data_dir: str | None = None
     download: bool = True
-    max_steps: int = 2500  # the default run: about 15 minutes on a 2-core CPU (docs/results.md)
+    data_mode: str = (
+        "auto"  # image folders and celeba: memory (preload), stream (decode per batch), auto (by free memory)
+    )
+    data_workers: int = 2  # DataLoader worker processes when streaming (0: decode in the training process)
+    max_steps: int = 2500  # the default run: D width 32 makes a step ~1.9x cheaper, so more steps fit (docs/results.md)
     max_minutes: float | None = None  # time budget: stop at the first step past this much training time (total over resumes)
     batch_size: int = 64
     lr_g: float = 1e-4  # TTUR, as in the paper; a faster G (2e-4, 4e-4) collapsed within each class (docs/results.md)
@@ -56,20 +93,32 @@ class TrainConfig:
     sample_every: int = 250
     log_every: int = 50
     keep: int = 3
+    loss: str = DEFAULT_LOSS  # a name in losses.LOSSES
+    eval_every: int = 0  # score the EMA generator with FID / IS every N steps; 0 = never (docs/evaluate.md)
+    eval_samples: int = 2000  # generated images per evaluation (the reference takes as many, or all it has)
+    tensorboard: bool = False  # also write TensorBoard event files into the run directory
+    precision: str = "auto"  # fp32 on CPU and MPS, bf16 on CUDA GPUs that have it (precision.resolve_precision)
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics of G over each rank's shard (docs/scaling.md)
+    dist_timeout: int = 600  # seconds a collective waits for a silent peer before every rank gives up
     model: ModelConfig = field(default_factory=ModelConfig)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (model config nested)."""
+    def to_dict(self, every_key: bool = False) -> dict[str, Any]:
+        """Plain JSON-able dict (model config nested); keys added since 0.1 only when not at their default, unless every_key."""
         data = asdict(self)
         data["model"] = json.loads(self.model.to_json())
+        for key in () if every_key else OMITTED_AT_DEFAULT:
+            if data[key] == getattr(DEFAULTS_FOR_OMISSION, key):
+                # Written only when it is not the default: configs and checkpoints of runs that do not
+                # use it stay exactly what 0.1/0.2.0 wrote, and those versions can still read them.
+                del data[key]
         return data
 
-    def to_json(self) -> str:
+    def to_json(self, every_key: bool = False) -> str:
         """Serialise to JSON (round-trips through from_dict)."""
-        return json.dumps(self.to_dict(), sort_keys=True, indent=2)
+        return json.dumps(self.to_dict(every_key), sort_keys=True, indent=2)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a dict; unknown keys are an error (retired ones are dropped)."""
         if not isinstance(data, dict):
             raise ValueError("a training config must be a JSON object")
@@ -87,7 +136,7 @@ class TrainConfig:
             values["model"] = ModelConfig.from_json(json.dumps(values["model"]))
         return cls(**values)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check numbers a user typed; raise UsageError naming the value and the fix."""
         positive = ("max_steps", "batch_size", "d_steps", "save_every", "sample_every", "log_every", "keep")
         for name in positive:
@@ -115,12 +164,28 @@ class TrainConfig:
             raise UsageError(f"--augment {self.augment!r} is unknown; use one of {', '.join(AUGMENTATIONS)}")
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if self.data_mode not in ("auto", "memory", "stream"):
+            raise UsageError(f"--data-mode must be auto, memory or stream, got {self.data_mode!r}")
+        if not 0 <= self.data_workers <= 256:
+            raise UsageError(f"--data-workers must be in 0..256, got {self.data_workers}")
+        if not 0 <= self.eval_every <= MAX_CONFIG_INT:
+            raise UsageError(f"--eval-every must be 0 (never) or a number of steps, got {self.eval_every}")
+        if not 2 <= self.eval_samples <= MAX_CONFIG_INT:  # FID needs a covariance: at least 2 images
+            raise UsageError(f"--eval-samples must be at least 2, got {self.eval_samples}")
         check_seed(self.seed)
+        get_loss(self.loss)
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if not 1 <= self.dist_timeout <= MAX_CONFIG_INT:
+            raise UsageError(f"--dist-timeout must be at least 1 second, got {self.dist_timeout}")
         return self
 
-    def with_overrides(self, **changes: Any) -> "TrainConfig":
+    def with_overrides(self, **changes: Any) -> TrainConfig:
         """A copy with some fields replaced."""
         return replace(self, **changes)
+
+
+DEFAULTS_FOR_OMISSION = TrainConfig()
 
 
 def check_field_types(cls: type, data: dict[str, Any]) -> None:
@@ -161,7 +226,7 @@ def _has_type_of(value: Any, default: Any) -> bool:
 
 def config_differences(saved: TrainConfig, requested: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Keys whose requested value differs from a saved run's (model keys as `model.<key>`)."""
-    saved_flat = _flatten(saved.to_dict())
+    saved_flat = _flatten(saved.to_dict(every_key=True))  # keys at their default are compared too
     return {
         key: (saved_flat[key], value)
         for key, value in requested.items()

@@ -6,24 +6,25 @@ requested size and channel count, so training never touches the disk per step.
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import tempfile
 import warnings
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from PIL import Image
 
 from .errors import DatasetError, UsageError
-from .model import SUPPORTED_IMAGE_SIZES
+from .logs import Log, no_log
+from .model import check_image_shape
 from .runtime import available_memory_bytes
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 DOWNLOAD_TIMEOUT_SECONDS = 20
 MAX_IMAGE_PIXELS = 8192 * 8192  # larger files are skipped unread: a corrupt header can claim any size
-Log = Callable[[str], None]
 
 
 @dataclass
@@ -35,6 +36,16 @@ class ImageData:
     num_classes: int
     name: str  # what the user asked for: a registry name or a folder path
     source: str  # where the pixels came from, e.g. "bundled MNIST test digits"
+    legacy_source: str | None = None  # DatasetSpec.legacy_source
+
+    def matches(self, data_id: str) -> bool:
+        """True when a checkpoint recording `data_id` trained on this data."""
+        legacy = (
+            None
+            if self.legacy_source is None
+            else self.data_id.replace(f"|{self.source}|", f"|{self.legacy_source}|", 1)
+        )
+        return data_id in (self.data_id, legacy)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -55,6 +66,9 @@ class DatasetSpec:
     image_size: int
     num_classes: int
     load: Callable[[Path | None, bool, Log], tuple[torch.Tensor, torch.Tensor | None, str]]
+    # The source earlier versions recorded for this dataset (torchvision's name, not the content):
+    # their runs resume on data of the same shape, which is all they were checked against then.
+    legacy_source: str | None = None
 
 
 def default_cache_dir() -> Path:
@@ -65,7 +79,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "sagan" / "datasets"
 
 
-@contextmanager
+@contextlib.contextmanager
 def _download_timeout() -> Iterator[None]:
     # torchvision's downloads have no timeout: a dropped-packet network would hang forever.
     previous = socket.getdefaulttimeout()
@@ -76,43 +90,122 @@ def _download_timeout() -> Iterator[None]:
         socket.setdefaulttimeout(previous)
 
 
-def _torchvision_dataset(factory: Callable[..., object], name: str, data_dir: Path | None, download: bool, **kwargs: object) -> object:
+def _torchvision_dataset(
+    factory: Callable[..., object], name: str, data_dir: Path | None, download: bool, **kwargs: object
+) -> object:
     """Open a torchvision dataset from data_dir (or the cache), downloading if allowed."""
     root = data_dir or default_cache_dir()
     try:
         return factory(root=str(root), download=False, **kwargs)
     except (RuntimeError, FileNotFoundError, OSError):
         pass
+    _download(factory, name, root, download, kwargs)
+    return factory(root=str(root), download=False, **kwargs)
+
+
+def _download(
+    factory: Callable[..., object],
+    name: str,
+    root: Path,
+    download: bool,
+    options: dict[str, object],
+    what: str = "",
+) -> None:
+    """Download a torchvision dataset into root; a failure leaves root as it was (no empty trees).
+
+    torchvision creates its folders before fetching anything, so it works in a temporary folder
+    next to the data and only a complete download is moved into place.
+    """
     if not download:
-        raise DatasetError(f"{name} not found in {root}; put the torchvision files there or allow downloading (drop --no-download)")
+        raise DatasetError(
+            f"{name} not found in {root}; put the torchvision files there or allow downloading (drop --no-download)"
+        )
+    created = _missing_ancestors(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        with _download_timeout(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return factory(root=str(root), download=True, **kwargs)
+        with tempfile.TemporaryDirectory(prefix=".sagan-download-", dir=root) as staging:
+            with _download_timeout(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                factory(root=staging, download=True, **options)
+            _move_into(Path(staging), root)
     except Exception as exc:  # urllib, socket, gdown and integrity errors all mean "no data"
+        for folder in created:  # deepest first; only the folders this attempt made, and only if empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise DatasetError(
             f"could not download {name} into {root} ({exc.__class__.__name__}); "
-            f"with no network, copy the torchvision {name} files there or pass --data-dir"
+            f"with no network, copy {what or f'the torchvision {name} files'} there or pass --data-dir"
         ) from None
 
 
-def _load_mnist_like(factory_name: str, name: str) -> Callable[[Path | None, bool, Log], tuple[torch.Tensor, torch.Tensor | None, str]]:
+def _missing_ancestors(folder: Path) -> list[Path]:
+    """folder and its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _move_into(source: Path, target: Path) -> None:
+    """Move source's entries into target, merging folders; files already in target are kept."""
+    for entry in source.iterdir():
+        destination = target / entry.name
+        if entry.is_dir() and destination.is_dir():
+            _move_into(entry, destination)
+        elif not destination.exists():
+            entry.rename(destination)
+
+
+def _load_mnist_like(
+    torchvision_name: str, name: str, other: str
+) -> Callable[[Path | None, bool, Log], tuple[torch.Tensor, torch.Tensor | None, str]]:
+    """Loader of MNIST or Fashion-MNIST: the standard IDX files from --data-dir (or the cache), read by sagan."""
+
     def load(data_dir: Path | None, download: bool, log: Log) -> tuple[torch.Tensor, torch.Tensor | None, str]:
         import torchvision.datasets as tvd
 
-        try:
-            dataset = _torchvision_dataset(getattr(tvd, factory_name), name, data_dir, download, train=True)
-        except DatasetError:
-            if name != "mnist" or data_dir is not None:
-                raise
-            from .idx import load_bundled_mnist
+        from .mnist_files import content_sha256, find_idx_files, read_idx_pair
 
-            reason = "could not be downloaded (offline?)" if download else "is not in the cache (--no-download)"
-            log(f"notice: MNIST {reason}; using the 10,000 bundled MNIST test digits")
-            images, labels = load_bundled_mnist()
-            return images[:, None], labels, "bundled MNIST test digits"
-        return dataset.data[:, None].clone(), dataset.targets.clone(), f"torchvision {factory_name} train"  # type: ignore[attr-defined]
+        root = data_dir or default_cache_dir()
+        files = find_idx_files(root, torchvision_name, name)
+        if files is None:
+            try:
+                if not download:
+                    raise DatasetError(
+                        f"{name} not found: no train-images-idx3-ubyte[.gz] in {root} or {root / torchvision_name / 'raw'}; "
+                        "put the standard IDX files there or allow downloading (drop --no-download)"
+                    )
+                _download(
+                    getattr(tvd, torchvision_name),
+                    name,
+                    root,
+                    download,
+                    {"train": True},
+                    "the standard IDX files (train-images-idx3-ubyte.gz, ...)",
+                )
+            except DatasetError:
+                if name != "mnist" or data_dir is not None:
+                    raise
+                from .idx import load_bundled_mnist
+
+                reason = "could not be downloaded (offline?)" if download else "is not in the cache (--no-download)"
+                log(f"notice: MNIST {reason}; using the 10,000 bundled MNIST test digits")
+                images, labels = load_bundled_mnist()
+                return images[:, None], labels, "bundled MNIST test digits"
+            files = find_idx_files(root, torchvision_name, name)
+            if files is None:
+                raise DatasetError(
+                    f"{name}: the download into {root} left no {torchvision_name}/raw/train-*-ubyte files"
+                )
+        folder = files.folder.absolute()
+        if other in (folder.name, folder.parent.name if folder.name == "raw" else None):  # same file names in both sets
+            raise DatasetError(
+                f"{name}: {files.folder} looks like {other}'s folder; pass the right --dataset or --data-dir"
+            )
+        log(f"reading {name} from {files.images.name} and {files.labels.name} in {files.folder}")
+        images, labels = read_idx_pair(files, name)
+        return images[:, None], labels, f"IDX train files, content sha256 {content_sha256(images, labels)[:16]}"
 
     return load
 
@@ -141,8 +234,15 @@ class _SizedPaths(list):
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
-        DatasetSpec("mnist", 1, 28, 10, _load_mnist_like("MNIST", "mnist")),
-        DatasetSpec("fashion-mnist", 1, 28, 10, _load_mnist_like("FashionMNIST", "fashion-mnist")),
+        DatasetSpec("mnist", 1, 28, 10, _load_mnist_like("MNIST", "mnist", "FashionMNIST"), "torchvision MNIST train"),
+        DatasetSpec(
+            "fashion-mnist",
+            1,
+            28,
+            10,
+            _load_mnist_like("FashionMNIST", "fashion-mnist", "MNIST"),
+            "torchvision FashionMNIST train",
+        ),
         DatasetSpec("cifar10", 3, 32, 10, _load_cifar10),
         DatasetSpec("celeba", 3, 64, 0, _load_celeba),
     )
@@ -237,9 +337,20 @@ def check_dataset_memory(count: int, channels: int, image_size: int, what: str) 
     if need > have:
         raise UsageError(
             f"{what}: {count:,} images at {channels}x{image_size}x{image_size} need {need / 2**30:,.1f} GiB of memory "
-            f"once decoded (sagan preloads the whole set), more than the {have / 2**30:,.1f} GiB available; "
-            "train at a smaller --image-size or on fewer images"
+            f"once decoded (preloading holds the whole set), more than the {have / 2**30:,.1f} GiB available; "
+            "train at a smaller --image-size, on fewer images, or (folders, celeba) with --data-mode stream"
         )
+
+
+def decode_image(path: Path, channels: int, image_size: int) -> torch.Tensor:
+    """One image file -> uint8 (C, S, S); raises on an unreadable file (memory and stream modes share this path)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL warns about odd-but-readable files; callers report skips
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise ValueError(f"{image.width}x{image.height} is too large")  # checked before decoding
+            image.load()
+            return _pil_to_tensor(image, channels, image_size)
 
 
 def load_image_paths(paths: list[Path], channels: int, image_size: int, log: Log, what: str) -> torch.Tensor:
@@ -252,15 +363,9 @@ def load_image_paths(paths: list[Path], channels: int, image_size: int, log: Log
     count, skipped = 0, []
     for path in paths:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # PIL warns about odd-but-readable files; a skip is reported below
-                with Image.open(path) as image:
-                    if image.width * image.height > MAX_IMAGE_PIXELS:
-                        raise ValueError(f"{image.width}x{image.height} is too large")  # checked before decoding
-                    image.load()
-                    images[count] = _pil_to_tensor(image, channels, image_size)
-                    count += 1
-        except Exception:  # noqa: BLE001 - a decoder fails in many ways on a damaged file; any of them means unreadable
+            images[count] = decode_image(path, channels, image_size)
+            count += 1
+        except Exception:
             skipped.append(path)
     if skipped:
         log(f"warning: skipped {len(skipped)} unreadable image(s) in {what}, e.g. {skipped[0]}")
@@ -271,6 +376,13 @@ def load_image_paths(paths: list[Path], channels: int, image_size: int, log: Log
 
 def load_folder(folder: Path, channels: int, image_size: int, log: Log) -> ImageData:
     """All readable images under a folder, recursively, as one preloaded uint8 tensor."""
+    paths = load_folder_paths(folder)
+    images = load_image_paths(paths, channels, image_size, log, str(folder))
+    return ImageData(images, None, 0, str(folder), f"image folder ({len(images)} images)")
+
+
+def load_folder_paths(folder: Path) -> list[Path]:
+    """The image files of a dataset folder; DatasetError when there is no such folder or no image in it."""
     if not folder.exists():
         raise DatasetError(f"dataset folder not found: {folder}")
     if not folder.is_dir():
@@ -278,8 +390,7 @@ def load_folder(folder: Path, channels: int, image_size: int, log: Log) -> Image
     paths = find_images(folder)
     if not paths:
         raise DatasetError(f"no images in {folder} (looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
-    images = load_image_paths(paths, channels, image_size, log, str(folder))
-    return ImageData(images, None, 0, str(folder), f"image folder ({len(images)} images)")
+    return paths
 
 
 def load_dataset(
@@ -289,25 +400,27 @@ def load_dataset(
     channels: int | None = None,
     data_dir: Path | None = None,
     download: bool = True,
-    log: Log = lambda message: None,
+    log: Log = no_log,
 ) -> ImageData:
     """Load a registered dataset or an image folder as uint8 (N, C, S, S) at the requested shape."""
     native_channels, native_size, num_classes = native_shape(name)
     channels = channels or native_channels
     image_size = image_size or native_size
-    if image_size not in SUPPORTED_IMAGE_SIZES:
-        raise UsageError(f"image size {image_size} is not supported; use one of {', '.join(map(str, SUPPORTED_IMAGE_SIZES))}")
-    if channels not in (1, 3):
-        raise UsageError(f"channels must be 1 or 3, got {channels}")
+    try:
+        check_image_shape(image_size, channels)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if name not in DATASETS:
         return load_folder(Path(name), channels, image_size, log)
-    raw, labels, source = DATASETS[name].load(data_dir, download, log)
+    spec = DATASETS[name]
+    raw, labels, source = spec.load(data_dir, download, log)
     if isinstance(raw, _SizedPaths):
         images = load_image_paths(list(raw), channels, image_size, log, name)
     else:
         check_dataset_memory(raw.shape[0], channels, image_size, name)
         images = resize_images(raw, channels, image_size)
-    return ImageData(images, labels, num_classes, name, source)
+    legacy = spec.legacy_source if source.startswith("IDX ") else None
+    return ImageData(images, labels, num_classes, name, source, legacy)
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:

@@ -12,12 +12,12 @@ import torch_fidelity
 
 from . import __version__
 from .checkpoint import CheckpointInfo, load_generator, read_checkpoint_info
-from .config import check_seed
-from .data import ImageData, Log, load_dataset
+from .data import ImageData, load_dataset
 from .errors import UsageError
+from .eval_options import EvalOptions
 from .extractors import Extractor, digits_caveat, file_sha256, resolve_extractor
+from .logs import Log, no_log
 from .metrics import (
-    METRICS,
     GeneratorInput,
     ImageTensorDataset,
     compute_metrics,
@@ -25,45 +25,9 @@ from .metrics import (
     reference_subset,
     tensor_sha256,
 )
-from .model import Generator
-from .rundir import find_latest_checkpoint
-from .sampling import check_sample_count, check_truncation, sample_labels, sample_latents
-
-DEFAULT_NUM_SAMPLES = 10_000
-DEFAULT_BATCH_SIZE = 500
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    """What `sagan evaluate` and `sagan compare` were asked for."""
-
-    metrics: tuple[str, ...] = METRICS
-    num_samples: int = DEFAULT_NUM_SAMPLES
-    seed: int = 0
-    truncation: float = 1.0
-    batch_size: int = DEFAULT_BATCH_SIZE
-    use_ema: bool = True
-    extractor: str = "auto"
-    inception_weights: Path | None = None
-    ref: str | None = None
-    device: str = "auto"
-
-    @property
-    def needs_reference(self) -> bool:
-        """FID and KID compare with a reference set; IS alone does not."""
-        return bool({"fid", "kid"} & set(self.metrics))
-
-    def validate(self) -> "EvalOptions":
-        """Reject impossible values with a message naming the flag."""
-        if self.num_samples < 2:
-            raise UsageError(f"--num-samples must be at least 2, got {self.num_samples}")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
-        check_seed(self.seed)
-        check_truncation(self.truncation)
-        if self.ref is not None and not self.needs_reference:
-            raise UsageError(f"--ref {self.ref} is only used by FID and KID, and only IS was asked for; drop --ref or add --fid / --kid")
-        return self
+from .model import Generator, ModelConfig
+from .rundir import RUNS_ROOT, find_latest_checkpoint
+from .sampling import check_sample_count, sample_labels, sample_latents
 
 
 @dataclass
@@ -117,7 +81,9 @@ class EvalResult:
             "num_samples": self.num_samples,
             "seed": self.seed,
             "truncation": self.truncation,
-            "reference": None if self.reference_id is None else {"id": self.reference_id, "num_images": self.reference_images},
+            "reference": None
+            if self.reference_id is None
+            else {"id": self.reference_id, "num_images": self.reference_images},
             "images_per_second": round(self.images_per_second, 1),
             **self.extra,
         }
@@ -133,7 +99,7 @@ def versions() -> dict[str, str]:
     }
 
 
-def resolve_checkpoint(path: Path | None, runs_root: Path = Path("runs")) -> Path:
+def resolve_checkpoint(path: Path | None, runs_root: Path = RUNS_ROOT) -> Path:
     """The given checkpoint, or the newest checkpoint of the most recent run under runs/."""
     if path is not None:
         return path
@@ -154,6 +120,11 @@ def load_reference(name: str, info: CheckpointInfo, num_samples: int, log: Log) 
         download=train.download if train else True,
         log=log,
     )
+    return reference_from_data(data, num_samples, name)
+
+
+def reference_from_data(data: ImageData, num_samples: int, name: str) -> Reference:
+    """At most num_samples images of loaded data as a reference (at least 2: FID/KID need them); `name` for the error."""
     images = reference_subset(data.images, num_samples)
     if images.shape[0] < 2:  # a covariance of one image is undefined: torch-fidelity would fail on NaNs
         raise UsageError(
@@ -163,7 +134,9 @@ def load_reference(name: str, info: CheckpointInfo, num_samples: int, log: Log) 
     return Reference(data, images, tensor_sha256(images))
 
 
-def plan_latents(num_samples: int, z_dim: int, num_classes: int, options: EvalOptions) -> tuple[torch.Tensor, torch.Tensor | None]:
+def plan_latents(
+    num_samples: int, z_dim: int, num_classes: int, options: EvalOptions
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The latents (N, z_dim) and labels (N,) | None that `sagan sample --seed S -n N` would use."""
     latents = sample_latents(num_samples, z_dim, options.seed, options.truncation)
     return latents, sample_labels(num_samples, num_classes, options.seed)
@@ -171,19 +144,21 @@ def plan_latents(num_samples: int, z_dim: int, num_classes: int, options: EvalOp
 
 def score_generator(
     generator: Generator,
-    info: CheckpointInfo,
+    model: ModelConfig,
     reference: Reference | None,
     extractor: Extractor,
     options: EvalOptions,
     cache_folder: Path | None,
-    log: Log = lambda message: None,
+    log: Log = no_log,
 ) -> tuple[dict[str, float], float]:
     """Metrics of one generator against a reference (None for IS alone), and its sampling speed (images/s)."""
-    latents, labels = plan_latents(options.num_samples, info.model.z_dim, info.model.num_classes, options)
+    latents, labels = plan_latents(options.num_samples, model.z_dim, model.num_classes, options)
     samples = GeneratorInput(generator, latents, labels, options.batch_size)
     cache_name = None
     if reference is not None:
-        cache_name = reference_cache_name(reference.data_id, reference.images.shape[0], extractor, reference.pixels_sha256)
+        cache_name = reference_cache_name(
+            reference.data_id, reference.images.shape[0], extractor, reference.pixels_sha256
+        )
     results = compute_metrics(
         samples,
         options.num_samples,
@@ -210,7 +185,9 @@ def prepare(checkpoint: Path, options: EvalOptions) -> tuple[Generator, Checkpoi
     """Check -n against memory and resolve the extractor, then load the generator: cheap checks before any expensive work."""
     info = read_checkpoint_info(checkpoint)
     check_sample_count(options.num_samples, info.model)
-    extractor = resolve_extractor(options.extractor, info.model.channels, info.model.image_size, options.inception_weights)
+    extractor = resolve_extractor(
+        options.extractor, info.model.channels, info.model.image_size, options.inception_weights
+    )
     return load_for_scoring(checkpoint, options), info, extractor
 
 
@@ -221,10 +198,14 @@ def evaluate_checkpoint(checkpoint: Path, options: EvalOptions, cache_folder: Pa
     caveat = digits_caveat(extractor, options.ref or info.dataset)
     if caveat:
         log(caveat)
-    reference = load_reference(options.ref or info.dataset, info, options.num_samples, log) if options.needs_reference else None
+    reference = (
+        load_reference(options.ref or info.dataset, info, options.num_samples, log) if options.needs_reference else None
+    )
     against = "" if reference is None else f" against {reference.data_id} ({reference.images.shape[0]} images)"
-    log(f"scoring {checkpoint} ({options.num_samples} samples, seed {options.seed}){against} with the {extractor.name} extractor")
-    results, speed = score_generator(generator, info, reference, extractor, options, cache_folder, log)
+    log(
+        f"scoring {checkpoint} ({options.num_samples} samples, seed {options.seed}){against} with the {extractor.name} extractor"
+    )
+    results, speed = score_generator(generator, info.model, reference, extractor, options, cache_folder, log)
     return EvalResult(
         checkpoint=checkpoint,
         checkpoint_sha256=file_sha256(checkpoint),

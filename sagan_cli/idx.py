@@ -75,18 +75,14 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> torch.Tensor:
         raise ValueError(f"{source}: too short for an IDX header ({len(data)} bytes)")
     zero0, zero1, code, ndim = data[0], data[1], data[2], data[3]
     if zero0 != 0 or zero1 != 0:
-        raise ValueError(
-            f"{source}: bad IDX magic {data[:4].hex()} (first two bytes must be zero)"
-        )
+        raise ValueError(f"{source}: bad IDX magic {data[:4].hex()} (first two bytes must be zero)")
     if code not in _CODE_TO_DTYPE:
         raise ValueError(f"{source}: unknown IDX data type code 0x{code:02x}")
     if ndim == 0:
         raise ValueError(f"{source}: IDX header declares zero dimensions")
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
-        raise ValueError(
-            f"{source}: truncated IDX header (need {header_len} bytes, have {len(data)})"
-        )
+        raise ValueError(f"{source}: truncated IDX header (need {header_len} bytes, have {len(data)})")
     dims = struct.unpack(f">{ndim}I", data[4:header_len])
     dtype = _CODE_TO_DTYPE[code]
     itemsize = torch.empty((), dtype=dtype).element_size()

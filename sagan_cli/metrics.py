@@ -14,10 +14,11 @@ import pickle
 import re
 import tempfile
 import time
-from contextlib import contextmanager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ContextManager, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +28,9 @@ from torch_fidelity.generative_model_base import GenerativeModelBase
 
 from .errors import SaganError, UsageError
 from .extractors import Extractor
+from .logs import Log, no_log
+from .metric_registry import METRIC_REGISTRY, metric_for_key
 from .model import Generator
-from .data import Log
 from .sampling import generate
 
 KEY_FID = torch_fidelity.KEY_METRIC_FID
@@ -36,16 +38,12 @@ KEY_ISC_MEAN = torch_fidelity.KEY_METRIC_ISC_MEAN
 KEY_ISC_STD = torch_fidelity.KEY_METRIC_ISC_STD
 KEY_KID_MEAN = torch_fidelity.KEY_METRIC_KID_MEAN
 KEY_KID_STD = torch_fidelity.KEY_METRIC_KID_STD
-METRICS = ("fid", "isc", "kid")  # torch-fidelity's flag names, in display order
+METRICS = tuple(METRIC_REGISTRY)  # torch-fidelity's flag names, in display order
 CACHE_ENV = "SAGAN_FIDELITY_CACHE"
 CACHE_VERSION = "v1"  # bump when what goes into reference features changes
 REFERENCE_SUBSET_SEED = 0  # fixed, so a reference subset (and its cache entry) never depends on --seed
 KID_SUBSET_SIZE = 1000
 ISC_SPLITS = 10
-
-
-def _no_log(message: str) -> None:
-    pass
 
 
 # ---------------------------------------------------------------- inputs
@@ -78,7 +76,9 @@ class GeneratorInput(GenerativeModelBase):
     CUDA exists, which would otherwise move a generator put on `--device cpu` (or cuda:1) to cuda:0.
     """
 
-    def __init__(self, generator: Generator, latents: torch.Tensor, labels: torch.Tensor | None, batch_size: int) -> None:
+    def __init__(
+        self, generator: Generator, latents: torch.Tensor, labels: torch.Tensor | None, batch_size: int
+    ) -> None:
         super().__init__()
         object.__setattr__(self, "generator", generator.eval())  # not a submodule: .cuda()/.to() leave it alone
         self.latents = latents  # (N, z_dim)
@@ -176,7 +176,9 @@ def cache_root(enabled: bool) -> Iterator[Path | None]:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"cannot create the metrics cache {folder} ({exc.strerror}); set {CACHE_ENV} or pass --no-cache") from None
+        raise UsageError(
+            f"cannot create the metrics cache {folder} ({exc.strerror}); set {CACHE_ENV} or pass --no-cache"
+        ) from None
     yield folder
 
 
@@ -192,7 +194,7 @@ def shared_cache(enabled: bool) -> Iterator[Path]:
             yield Path(folder)
 
 
-def _numpy_safe_globals() -> list[object]:
+def _numpy_safe_globals() -> list[Any]:
     """What a pickled float ndarray needs under weights_only (torch-fidelity saves FID statistics as numpy)."""
     try:
         from numpy._core.multiarray import _reconstruct  # numpy 2
@@ -202,7 +204,7 @@ def _numpy_safe_globals() -> list[object]:
     return [_reconstruct, np.ndarray, np.dtype, *dtype_classes]
 
 
-def _numpy_allowed() -> ContextManager[object]:
+def _numpy_allowed() -> AbstractContextManager[object]:
     """Allow those numpy globals for weights_only loads inside the block (torch 2.4 has only the global allow-list)."""
     scoped = getattr(torch.serialization, "safe_globals", None)
     if scoped is not None:
@@ -218,7 +220,7 @@ def _cache_entry_problem(path: Path) -> str | None:
             item = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:
         return "it holds objects other than tensors and arrays"
-    except Exception as exc:  # noqa: BLE001 - zip, mmap and I/O errors all mean "not a cache entry torch-fidelity wrote"
+    except Exception as exc:  # zip, mmap and I/O errors all mean "not a cache entry torch-fidelity wrote"
         return f"truncated or not written by torch.save ({exc.__class__.__name__})"
     if "-stat-fid-" in path.name:  # FID statistics: {"mu": (D,), "sigma": (D, D)} numpy arrays
         ok = isinstance(item, dict) and all(isinstance(item.get(key), np.ndarray) for key in ("mu", "sigma"))
@@ -226,7 +228,7 @@ def _cache_entry_problem(path: Path) -> str | None:
     return None if isinstance(item, torch.Tensor) and item.dim() == 2 else "not a feature tensor"
 
 
-def discard_unsafe_cache_files(cache_folder: Path, cache_name: str, log: Log = _no_log) -> list[Path]:
+def discard_unsafe_cache_files(cache_folder: Path, cache_name: str, log: Log = no_log) -> list[Path]:
     """Delete the entries of `cache_name` that do not load with weights_only=True; returns them.
 
     torch-fidelity reads its cache with full pickle (torch's load with weights_only=False): a planted
@@ -247,7 +249,9 @@ def discard_unsafe_cache_files(cache_folder: Path, cache_name: str, log: Log = _
         try:
             path.unlink()
         except OSError as exc:
-            raise UsageError(f"cannot delete the damaged cache file {path} ({exc.strerror}); delete it by hand or pass --no-cache") from None
+            raise UsageError(
+                f"cannot delete the damaged cache file {path} ({exc.strerror}); delete it by hand or pass --no-cache"
+            ) from None
         log(f"warning: deleted damaged or unsafe cache file {path} ({problem}); recomputing it")
         discarded.append(path)
     return discarded
@@ -272,7 +276,7 @@ def compute_metrics(
     batch_size: int,
     reference_cache: str | None = None,
     cache_folder: Path | None = None,
-    log: Log = _no_log,
+    log: Log = no_log,
 ) -> dict[str, float]:
     """Run torch-fidelity for `metrics` (subset of fid/isc/kid); returns its keys -> floats. RNG state untouched.
 
@@ -280,14 +284,12 @@ def compute_metrics(
     """
     unknown = set(metrics) - set(METRICS)
     assert metrics and not unknown, f"bad metric set {metrics}"
-    needs_reference = bool({"fid", "kid"} & metrics)
+    needs_reference = any(METRIC_REGISTRY[name].needs_reference for name in metrics)
     if needs_reference and reference is None:
         raise UsageError("FID and KID need a reference set")
     kwargs: dict[str, object] = {
         "input1": samples,
-        "fid": "fid" in metrics,
-        "isc": "isc" in metrics,
-        "kid": "kid" in metrics,
+        **{name: name in metrics for name in METRIC_REGISTRY},
         "feature_extractor": extractor.fidelity_name,
         "feature_extractor_weights_path": str(extractor.weights_path),
         "batch_size": batch_size,
@@ -328,20 +330,18 @@ def clamp_round_off(value: float) -> float:
 
 
 def _raised_by_torch_fidelity(exc: BaseException) -> bool:
-    """True when torch-fidelity (its vasserts, or the numpy/scipy maths it runs) raised, not code of ours it called back."""
-    import scipy
+    """True when one of torch-fidelity's own input checks (`helpers.vassert`) raised `exc` itself.
 
-    def folder(module: object) -> str:
-        return os.path.realpath(os.path.dirname(module.__file__)) + os.sep  # type: ignore[attr-defined]
+    Those checks are how torch-fidelity refuses inputs, and they raise from inside `vassert`; a
+    ValueError from anywhere else (a dataset, generator or extractor of ours it called back) is
+    ours and must surface as a bug, not as a refusal.
+    """
+    from torch_fidelity.helpers import vassert
 
-    ours = os.path.dirname(os.path.realpath(__file__)) + os.sep  # sagan_cli/
-    theirs = tuple(folder(module) for module in (torch_fidelity, np, scipy))
-    files = []
-    traceback = exc.__traceback__.tb_next if exc.__traceback__ is not None else None  # skip compute_metrics itself
-    while traceback is not None:
-        files.append(os.path.realpath(traceback.tb_frame.f_code.co_filename))
-        traceback = traceback.tb_next
-    return bool(files) and files[-1].startswith(theirs) and not any(name.startswith(ours) for name in files)
+    innermost = exc.__traceback__
+    while innermost is not None and innermost.tb_next is not None:
+        innermost = innermost.tb_next
+    return innermost is not None and innermost.tb_frame.f_code is vassert.__code__
 
 
 # ---------------------------------------------------------------- gates
@@ -359,7 +359,7 @@ class Gate:
     @property
     def metric(self) -> str:
         """The torch-fidelity flag the gate needs."""
-        return {KEY_FID: "fid", KEY_ISC_MEAN: "isc", KEY_KID_MEAN: "kid"}[self.key]
+        return metric_for_key(self.key).name
 
     def failure(self, results: dict[str, float]) -> str | None:
         """A one-line reason when the value is out of bounds, else None."""
@@ -370,10 +370,13 @@ class Gate:
         return f"{self.key} = {value:.6g} {'>' if self.upper else '<'} {self.flag} {self.bound:g}"
 
 
-def make_gates(max_fid: float | None, min_isc: float | None, max_kid: float | None) -> list[Gate]:
-    """Gates for the bounds that were given."""
-    candidates = (("--max-fid", KEY_FID, max_fid, True), ("--min-isc", KEY_ISC_MEAN, min_isc, False), ("--max-kid", KEY_KID_MEAN, max_kid, True))
-    return [Gate(flag, key, bound, upper) for flag, key, bound, upper in candidates if bound is not None]
+def make_gates(bounds: dict[str, float | None]) -> list[Gate]:
+    """Gates for the bounds that were given, keyed by metric name (`{"fid": 40.0}` is --max-fid 40)."""
+    return [
+        Gate(spec.gate_flag, spec.key, bound, spec.lower_is_better)
+        for name, spec in METRIC_REGISTRY.items()
+        if (bound := bounds.get(name)) is not None
+    ]
 
 
 def failed_gates(gates: list[Gate], results: dict[str, float]) -> list[str]:

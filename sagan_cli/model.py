@@ -9,6 +9,7 @@ and self-attention blocks whose gate gamma starts at 0.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from dataclasses import asdict, dataclass, field, fields
@@ -16,7 +17,8 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm
 
 # Bottom (first) feature-map size of G / last of D for each supported image size.
 # 28 = 7 * 2^2 (MNIST native); the others are powers of two over 4x4.
@@ -33,6 +35,21 @@ def feature_resolutions(image_size: int) -> list[int]:
     while resolutions[-1] < image_size:
         resolutions.append(resolutions[-1] * 2)
     return resolutions
+
+
+def check_image_shape(
+    image_size: int, channels: int, size_name: str = "image size", channels_name: str = "channels"
+) -> None:
+    """Raise ValueError unless the model can make images of this size and channel count.
+
+    The names let a caller speak the user's words (the train command passes its flags).
+    """
+    if image_size not in BOTTOM_RESOLUTION:
+        raise ValueError(
+            f"{size_name} {image_size} is not supported; use one of {', '.join(map(str, SUPPORTED_IMAGE_SIZES))}"
+        )
+    if channels not in (1, 3):
+        raise ValueError(f"{channels_name} must be 1 or 3, got {channels}")
 
 
 def default_attention_resolutions(image_size: int) -> tuple[int, ...]:
@@ -66,11 +83,10 @@ class ModelConfig:
     num_classes: int = 0  # > 0: class-conditional (conditional BN in G, projection D)
 
     def __post_init__(self) -> None:
+        check_image_shape(self.image_size, self.channels)
         resolutions = feature_resolutions(self.image_size)
         if self.d_width is None:
             object.__setattr__(self, "d_width", default_d_width(self.image_size))
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         for name in ("z_dim", "g_width", "d_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -95,7 +111,7 @@ class ModelConfig:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelConfig":
+    def from_json(cls, text: str) -> ModelConfig:
         """Parse a config; unknown keys are an error, missing keys take defaults."""
         raw = json.loads(text)
         if not isinstance(raw, dict):
@@ -109,12 +125,48 @@ class ModelConfig:
         return cls(**raw)
 
 
-def sn_conv(in_ch: int, out_ch: int, kernel_size: int, padding: int = 0, bias: bool = True) -> nn.Module:
-    return spectral_norm(nn.Conv2d(in_ch, out_ch, kernel_size, padding=padding, bias=bias))
+def full_precision(device_type: str) -> contextlib.AbstractContextManager[None]:
+    """Leave autocast for a numerically delicate step (nothing to leave when autocast is off)."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
-def sn_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Module:
-    return spectral_norm(nn.Linear(in_features, out_features, bias=bias))
+class FP32SpectralNorm(_SpectralNorm):
+    """torch's spectral norm, with its power iteration and sigma in fp32 even under autocast.
+
+    In fp16 the normalisation's eps (1e-12) underflows to 0 and sigma loses digits; the weight is
+    fp32 anyway, so this costs two matrix-vector products per layer in fp32. Same buffers (_u, _v)
+    and state_dict keys as torch.nn.utils.parametrizations.spectral_norm.
+    """
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        with full_precision(weight.device.type):
+            return super().forward(weight)
+
+
+def spectral_norm(module: nn.Module) -> nn.Module:
+    """torch.nn.utils.parametrizations.spectral_norm (1 power iteration, dim 0), kept in fp32 under autocast."""
+    # The same construction as torch's function (and the same random draws for u and v), so
+    # weights initialise exactly as before and earlier checkpoints load unchanged.
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor), f"{type(module).__name__} has no weight tensor"
+    parametrize.register_parametrization(module, "weight", FP32SpectralNorm(weight, 1, 0, 1e-12))
+    return module
+
+
+def sn_conv(in_ch: int, out_ch: int, kernel_size: int, padding: int = 0, bias: bool = True) -> nn.Conv2d:
+    """A Conv2d with spectral norm on its weight (registered in place; `.weight` is the normalised one)."""
+    conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=padding, bias=bias)
+    spectral_norm(conv)
+    return conv
+
+
+def sn_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
+    """A Linear with spectral norm on its weight (registered in place)."""
+    linear = nn.Linear(in_features, out_features, bias=bias)
+    spectral_norm(linear)
+    return linear
 
 
 # Two exact rewrites that do the same arithmetic with fewer multiply-adds (docs/model.md derives them).
@@ -135,7 +187,7 @@ def _like_input(kernel: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return kernel.contiguous(memory_format=torch.channels_last) if channels_last else kernel
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _taps(kind: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor(UPSAMPLE_TAPS if kind == "up" else POOL_TAPS, device=device, dtype=dtype)  # (4, 3)
 
@@ -155,13 +207,21 @@ def conv3x3_avgpool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 
 class SelfAttention(nn.Module):
-    """SAGAN self-attention: o = x + gamma * W_v(softmax(f(x)^T g(x)) h(x)).
+    """SAGAN self-attention: y = x + gamma * W_v(softmax(Q K^T) V), Q = g(x), K = f(x), V = h(x).
 
-    Query f, key g and value h are 1x1 convs to C/8 channels (the paper's C-bar,
-    k = 8), so all three share a head dimension and scaled_dot_product_attention
-    can use its fused kernel (no N x N map in memory). Scale is 1, as in the paper
-    (no 1/sqrt(d)). gamma starts at 0, so the block is the identity at init.
+    In the paper (eq. 1-2) s_ij = f(x_i)^T g(x_j) and position j attends over positions i, so g is
+    the query and f the key; `query` holds W_g, `key` W_f, `value` W_h, `out` W_v. All are 1x1
+    convs to C/8 channels (the paper's C-bar, k = 8), so q, k and v share a head dimension and
+    scaled_dot_product_attention can use its fused kernel (no N x N map in memory). Scale is 1,
+    as in the paper (no 1/sqrt(d)). gamma starts at 0, so the block is the identity at init.
+
+    With `capture_weights` set, a forward also keeps the attention weights it used in `weights`
+    (B, N, N): softmax(Q K^T) from the very q and k of that forward (the fused kernel never
+    materialises them, so they are computed beside it). Row j is how query position j weighs every
+    position (row-major over H x W). Off by default: the N x N map is what the fused kernel avoids.
     """
+
+    fused = True  # False: the written-out softmax(Q K^T) V (same values; an N x N map in memory)
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -171,6 +231,8 @@ class SelfAttention(nn.Module):
         self.value = sn_conv(channels, self.inner, 1, bias=False)
         self.out = sn_conv(self.inner, channels, 1, bias=False)
         self.gamma = nn.Parameter(torch.zeros(()))
+        self.capture_weights = False
+        self.weights: torch.Tensor | None = None  # (B, N, N) of the last forward while capturing
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, _, h, w = x.shape
@@ -182,19 +244,21 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape  # (B, C, H, W)
-        q, k, v = self._qkv(x)
-        attended = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # (B, 1, N, C/8)
+        q, k, v = self._qkv(x)  # each (B, 1, N, C/8)
+        attention = None
+        with full_precision(x.device.type):  # softmax over N logits with scale 1: fp32 under autocast too
+            q, k, v = q.float(), k.float(), v.float()
+            if self.fused:
+                attended = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # (B, 1, N, C/8)
+            else:
+                attention = (q @ k.transpose(-1, -2)).softmax(dim=-1)  # (B, 1, N, N): row j = beta_j over keys i
+                attended = attention @ v  # (B, 1, N, C/8)
+            if self.capture_weights:  # inspection only (sagan attention): what the fused kernel computes inside
+                if attention is None:
+                    attention = (q @ k.transpose(-1, -2)).softmax(dim=-1)  # (B, 1, N, N)
+                self.weights = attention[:, 0].detach()  # (B, N, N)
         attended = attended.transpose(-1, -2).reshape(b, self.inner, h, w)  # (B, C/8, H, W)
         return x + self.gamma * self.out(attended)
-
-    def attention_map(self, x: torch.Tensor, query_index: int) -> torch.Tensor:
-        """Attention weights of one query position over all positions: (B, H, W)."""
-        b, _, h, w = x.shape
-        if not 0 <= query_index < h * w:
-            raise ValueError(f"query index {query_index} outside the {h}x{w} feature map")
-        q, k, _ = self._qkv(x)
-        scores = q[:, 0, query_index : query_index + 1] @ k[:, 0].transpose(-1, -2)  # (B, 1, N)
-        return scores.softmax(dim=-1).reshape(b, h, w)
 
 
 class ConditionalBatchNorm2d(nn.Module):
@@ -260,6 +324,7 @@ class DiscriminatorBlock(nn.Module):
         if not self.down:
             return self.conv2(h) + (x if self.shortcut is None else self.shortcut(x))
         h = conv3x3_avgpool(h, self.conv2.weight, self.conv2.bias)  # (B, Cout, H/2, W/2)
+        assert self.shortcut is not None  # every down block has one (__init__)
         return h + self.shortcut(F.avg_pool2d(x, 2))  # pool then 1x1 conv: same values as conv then pool, 4x cheaper
 
 
@@ -295,7 +360,7 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = self.project(z).view(z.shape[0], self.bottom_width, self.bottom, self.bottom)  # (B, C0, r0, r0)
-        for block, res in zip(self.blocks, self.resolutions[1:]):
+        for block, res in zip(self.blocks, self.resolutions[1:], strict=True):
             h = block(h, y)  # (B, C, res, res)
             if str(res) in self.attention:
                 h = self.attention[str(res)](h)
@@ -310,7 +375,9 @@ class Discriminator(nn.Module):
         self.config = config
         resolutions = feature_resolutions(config.image_size)[::-1]  # e.g. [28, 14, 7]
         n_blocks = len(resolutions) - 1
-        widths = [config.channels] + [_width(config.d_width, i) for i in range(n_blocks)]
+        d_width = config.d_width
+        assert d_width is not None  # ModelConfig.__post_init__ resolved it
+        widths = [config.channels] + [_width(d_width, i) for i in range(n_blocks)]
         self.blocks = nn.ModuleList(DiscriminatorBlock(widths[i], widths[i + 1], first=i == 0) for i in range(n_blocks))
         self.attention = nn.ModuleDict(
             {
@@ -333,7 +400,7 @@ class Discriminator(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = x
-        for block, res in zip(self.blocks, self.resolutions[1:]):
+        for block, res in zip(self.blocks, self.resolutions[1:], strict=True):
             h = block(h)  # (B, C, res, res)
             if str(res) in self.attention:
                 h = self.attention[str(res)](h)

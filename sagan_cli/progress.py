@@ -7,13 +7,21 @@ import time
 from typing import TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 def compact_stats(stats: dict[str, float]) -> str:
     """`D 1.23 G 0.45 γg14 +0.012 120 img/s`: what fits beside a progress bar on 80 columns."""
     parts = [f"D {stats['loss_d']:.2f} G {stats['loss_g']:.2f}"] if "loss_d" in stats else []
-    parts += [f"γ{k[len('gamma_'):]} {v:+.3f}" for k, v in stats.items() if k.startswith("gamma")]
+    parts += [f"γ{k[len('gamma_') :]} {v:+.3f}" for k, v in stats.items() if k.startswith("gamma")]
     if "images_per_second" in stats:
         parts.append(f"{stats['images_per_second']:.0f} img/s")
     return " ".join(parts)
@@ -68,7 +76,7 @@ class RichReporter:
             TextColumn("{task.fields[stats]}"),
             console=self.console,
         )
-        self.task: int | None = None
+        self.task: TaskID | None = None
 
     def start(self, total_steps: int, first_step: int) -> None:
         self.progress.start()
@@ -85,6 +93,24 @@ class RichReporter:
         self.progress.stop()
 
 
-def make_reporter() -> PlainReporter | RichReporter:
-    """Rich on an interactive stderr, plain lines otherwise."""
+class SilentReporter:
+    """What torchrun's ranks other than 0 report: nothing (errors still reach stderr through the CLI)."""
+
+    def start(self, total_steps: int, first_step: int) -> None:
+        pass
+
+    def step(self, step: int, stats: dict[str, float]) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def make_reporter(enabled: bool = True) -> PlainReporter | RichReporter | SilentReporter:
+    """Rich on an interactive stderr, plain lines otherwise, nothing when not enabled."""
+    if not enabled:
+        return SilentReporter()
     return RichReporter() if sys.stderr.isatty() else PlainReporter()

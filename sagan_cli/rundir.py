@@ -4,8 +4,11 @@ Layout::
 
     runs/<name>/config.json            resolved training config (model config nested)
     runs/<name>/metrics.jsonl          one JSON object per logged step
+    runs/<name>/curves.png             the curves of metrics.jsonl, redrawn with each preview grid
     runs/<name>/samples/step_000250.png
     runs/<name>/checkpoints/step_000500.safetensors, final.safetensors
+    runs/<name>/checkpoints/best.safetensors   lowest FID so far (with --eval-every); never pruned
+    runs/<name>/tensorboard/           event files (with --tensorboard)
     runs/<name>/.lock                  flock held by the process training the run
 
 Only the main process (rank 0) writes; other ranks get a RunDir with enabled=False.
@@ -17,22 +20,26 @@ import contextlib
 import json
 import re
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
+from .atomic import write_atomically
 from .checkpoint import read_checkpoint_info
 from .config import TrainConfig
 from .errors import CheckpointError, UsageError
-from .outputs import write_atomically
-from .sampling import save_image
+from .images import save_image
 
+RUNS_ROOT = Path("runs")  # where `train` puts runs and `evaluate` looks for the latest one
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
 STEP_PATTERN = re.compile(r"^step_(\d+)\.safetensors$")
 FINAL_NAME = "final"
+BEST_NAME = "best"
 
 
 class RunDir:
@@ -45,7 +52,7 @@ class RunDir:
         self.samples = self.path / "samples"
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator["RunDir"]:
+    def locked(self) -> Iterator[RunDir]:
         """Hold an exclusive lock on the run while training it: two processes training one run would
         overwrite each other's checkpoints and metrics. Released when the block or process ends."""
         if not self.enabled:
@@ -92,7 +99,7 @@ class RunDir:
             cls(path)._acquire_lock().close()  # refuse to delete a run that another process is training
 
     @classmethod
-    def create(cls, path: Path, config: TrainConfig, force: bool = False, enabled: bool = True) -> "RunDir":
+    def create(cls, path: Path, config: TrainConfig, force: bool = False, enabled: bool = True) -> RunDir:
         """Start a new run directory; an existing run is only replaced with force.
 
         Callers run every other check first (the CLI: config, data, batch size): the old run is
@@ -133,6 +140,16 @@ class RunDir:
         if self.enabled:
             save_image(grid, self.samples / f"step_{step:06d}.png", metadata)
 
+    def write_curves(self) -> None:
+        """Redraw curves.png from metrics.jsonl (training calls this with each preview grid)."""
+        if not self.enabled:
+            return
+        from .curves import draw_run_curves, read_metrics  # lazy: matplotlib loads on the first preview only
+
+        metrics = read_metrics(self.path / METRICS_FILE)
+        if metrics.records:  # a preview may come before the first logged step
+            write_atomically(self.path / CURVES_FILE, draw_run_curves(self.path, metrics)[0])
+
     @staticmethod
     def step_name(step: int) -> str:
         return f"step_{step:06d}"
@@ -168,6 +185,14 @@ class RunDir:
                 stale.unlink(missing_ok=True)  # write_atomically's temp names; never a complete file
         for checkpoint in self.checkpoints_after(step):
             checkpoint.unlink(missing_ok=True)
+        # The best checkpoint of abandoned steps goes too (its FID is in the metrics dropped below); it
+        # never blocks a resume as later checkpoints do: the run re-evaluates those steps as it goes.
+        best = self.checkpoints / f"{BEST_NAME}.safetensors"
+        try:
+            if best.exists() and read_checkpoint_info(best).step > step:
+                best.unlink()
+        except CheckpointError:
+            best.unlink(missing_ok=True)  # unreadable: the next evaluation writes a new one
         for grid in self.samples.glob("step_*.png") if self.samples.is_dir() else ():
             number = grid.stem.removeprefix("step_")
             if number.isdigit() and int(number) > step:
@@ -186,7 +211,7 @@ class RunDir:
 
     def checkpoints_after(self, step: int) -> list[Path]:
         """Checkpoints (final included) of steps after `step`: what resuming from `step` abandons."""
-        later = [p for p in self.step_checkpoints() if int(STEP_PATTERN.match(p.name).group(1)) > step]
+        later = [p for p in self.step_checkpoints() if (m := STEP_PATTERN.match(p.name)) and int(m.group(1)) > step]
         final = self.checkpoints / f"{FINAL_NAME}.safetensors"
         try:
             if final.exists() and read_checkpoint_info(final).step > step:

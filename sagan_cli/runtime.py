@@ -34,7 +34,9 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         raise UsageError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0 or auto")
+        raise UsageError(
+            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0 or auto"
+        )
     return device
 
 
@@ -44,7 +46,9 @@ def process_rank() -> int:
     try:
         return int(value)
     except ValueError:
-        raise UsageError(f"environment variable RANK={value!r} is not a process rank (torchrun sets it); unset it") from None
+        raise UsageError(
+            f"environment variable RANK={value!r} is not a process rank (torchrun sets it); unset it"
+        ) from None
 
 
 def is_main_process() -> bool:

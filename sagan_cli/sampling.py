@@ -1,31 +1,36 @@
-"""Latents, generation and image files: what `sample` and `interpolate` are built from."""
+"""Latents, labels and generation: what `sample`, `interpolate` and the metrics draw images with.
+
+Image files (grids, PNG/JPEG/WebP/GIF encoding) are in images.py."""
 
 from __future__ import annotations
 
-import io
-import json
-import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from PIL import ExifTags, Image
-from PIL.PngImagePlugin import PngInfo
 
 from .checkpoint import CheckpointInfo, load_generator
 from .data import to_uint8
-from .errors import SaganError, UsageError
+from .errors import UsageError
+from .images import GRID_PADDING
 from .model import Generator, ModelConfig
-from .outputs import write_atomically
 from .runtime import available_memory_bytes
 
-GRID_PADDING = 2
-# Suffix -> Pillow format, for formats that can carry the metadata (seed, checkpoint, ...). BMP cannot,
-# so it is not offered: every image we write says how to reproduce it.
-IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
-IMAGE_SUFFIXES = tuple(IMAGE_FORMATS)
-WALK_SUFFIXES = (*IMAGE_SUFFIXES, ".gif")  # `interpolate` also writes animations
-MAX_SIDE = {"JPEG": 65_500, "WEBP": 16_383}  # pixels; Pillow fails with a cryptic encoder error beyond
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """Defaults of `sagan sample`, read by its CLI options and by sample_from_checkpoint."""
+
+    num: int = 64
+    output: str = "samples.png"
+    seed: int = 0
+    truncation: float = 1.0
+    use_ema: bool = True
+    device: str = "auto"
+    batch_size: int = 256  # images per forward pass
+
+
+SAMPLE_DEFAULTS = SampleOptions()
 
 
 def sample_latents(n: int, z_dim: int, seed: int, truncation: float = 1.0) -> torch.Tensor:
@@ -70,7 +75,7 @@ def generate(
     generator: Generator,
     latents: torch.Tensor,
     labels: torch.Tensor | None = None,
-    batch_size: int = 256,
+    batch_size: int = SAMPLE_DEFAULTS.batch_size,
 ) -> torch.Tensor:
     """Images as uint8 (n, C, S, S) on the CPU; the generator must be in eval mode."""
     device = next(generator.parameters()).device
@@ -80,77 +85,6 @@ def generate(
         y = None if labels is None else labels[start : start + batch_size].to(device)
         chunks.append(to_uint8(generator(z, y)).cpu())
     return torch.cat(chunks)
-
-
-def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = GRID_PADDING) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> one uint8 (C, H', W') grid with `nrow` images per row, on black."""
-    n, c, h, w = images.shape
-    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
-    rows = math.ceil(n / nrow)
-    grid = torch.zeros(c, rows * (h + padding) + padding, nrow * (w + padding) + padding, dtype=torch.uint8)
-    for i in range(n):
-        top, left = padding + (i // nrow) * (h + padding), padding + (i % nrow) * (w + padding)
-        grid[:, top : top + h, left : left + w] = images[i]
-    return grid
-
-
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """uint8 (C, H, W) with C in {1, 3} -> PIL image."""
-    array = image.permute(1, 2, 0).contiguous().numpy()
-    return Image.fromarray(array[:, :, 0] if image.shape[0] == 1 else array, mode="L" if image.shape[0] == 1 else "RGB")
-
-
-def save_image(image: torch.Tensor, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write one uint8 (C, H, W) image atomically in the format of its suffix, carrying `metadata`.
-
-    PNG: one text chunk per key (`Image.open(p).text`). JPEG and WebP: the JSON of the dict as EXIF
-    ImageDescription (`json.loads(Image.open(p).getexif()[0x010E])`).
-    """
-    path = Path(path)
-    image_format = IMAGE_FORMATS.get(path.suffix.lower())
-    if image_format is None:
-        raise UsageError(f"cannot write {path}: unknown image extension {path.suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}")
-    height, width = image.shape[1:]
-    limit = MAX_SIDE.get(image_format)
-    if limit is not None and max(height, width) > limit:
-        raise SaganError(
-            f"cannot write {path}: {width}x{height} px is beyond the {limit} px {image_format} allows; "
-            "use .png, or a smaller grid"
-        )
-    options = _metadata_options(image_format, {key: str(value) for key, value in (metadata or {}).items()})
-    write_atomically(path, _encode(to_pil(image), path, format=image_format, **options))
-
-
-def _encode(picture: Image.Image, path: Path, **options: Any) -> bytes:
-    """The bytes of `picture` saved with Pillow `options`, encoded in memory before any file is touched."""
-    buffer = io.BytesIO()
-    try:
-        picture.save(buffer, **options)
-    except OSError as exc:  # an encoder's own failure, e.g. a size it cannot store
-        raise SaganError(f"cannot write {path}: {exc}") from None
-    return buffer.getvalue()
-
-
-def _metadata_options(image_format: str, metadata: dict[str, str]) -> dict[str, Any]:
-    """Pillow save options that store `metadata` in an image of `image_format`."""
-    if not metadata:
-        return {}
-    if image_format == "PNG":
-        info = PngInfo()
-        for key, value in metadata.items():
-            info.add_text(key, value)
-        return {"pnginfo": info}
-    exif = Image.Exif()
-    exif[ExifTags.Base.ImageDescription] = json.dumps(metadata)  # ASCII (EXIF's charset): others as \uXXXX
-    return {"exif": exif}
-
-
-def save_gif(frames: list[torch.Tensor], path: Path, duration_ms: int = 120, comment: str = "") -> None:
-    """Write uint8 (C, H, W) frames atomically as a looping GIF that plays forward and back; `comment` is kept."""
-    pictures = [to_pil(frame) for frame in frames]
-    sequence = pictures + pictures[-2:0:-1]
-    options = dict(format="GIF", save_all=True, append_images=sequence[1:], duration=duration_ms, loop=0, comment=comment.encode())
-    write_atomically(Path(path), _encode(sequence[0], path, **options))
 
 
 def check_class(class_index: int | None, num_classes: int) -> None:
@@ -171,14 +105,14 @@ def check_truncation(truncation: float) -> None:
 
 def sample_from_checkpoint(
     path: Path,
-    n: int,
+    n: int = SAMPLE_DEFAULTS.num,
     *,
-    seed: int = 0,
-    truncation: float = 1.0,
+    seed: int = SAMPLE_DEFAULTS.seed,
+    truncation: float = SAMPLE_DEFAULTS.truncation,
     class_index: int | None = None,
-    use_ema: bool = True,
-    device: str = "auto",
-    batch_size: int = 256,
+    use_ema: bool = SAMPLE_DEFAULTS.use_ema,
+    device: str = SAMPLE_DEFAULTS.device,
+    batch_size: int = SAMPLE_DEFAULTS.batch_size,
 ) -> tuple[torch.Tensor, CheckpointInfo, dict[str, str]]:
     """n images (uint8, CPU) from a checkpoint, with the metadata that reproduces them."""
     from .runtime import resolve_device

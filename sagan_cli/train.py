@@ -1,9 +1,11 @@
-"""Training: hinge loss, Adam (TTUR-capable), EMA generator, exact resume.
+"""Training: the registered GAN loss (hinge by default), Adam (TTUR-capable), EMA generator, exact resume.
 
 Every random draw of a step comes from a generator seeded by (seed, step), and
 the data order of an epoch from (seed, epoch), so a resumed run needs no RNG
-state and continues bit for bit. Batches are chosen by dataset index, which
-is what a DistributedSampler-style shard by rank needs later.
+state and continues bit for bit. Batches are chosen by dataset index; under
+torchrun every rank draws the same global batch (indices and latents) and
+computes its contiguous slice of it (distributed.py), so the global batch does
+not depend on the number of processes.
 """
 
 from __future__ import annotations
@@ -12,26 +14,32 @@ import copy
 import functools
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 
+from . import distributed
 from .augment import augment
 from .checkpoint import load_module_state, load_optimizer_state, read_checkpoint_info, save_checkpoint
 from .config import TrainConfig
-from .data import ImageData, to_model_range
-from .errors import DivergenceError, Interrupted, UsageError
-from .errors import EXIT_SIGINT, EXIT_SIGTERM
+from .data import to_model_range
+from .errors import EXIT_SIGINT, EXIT_SIGTERM, DivergenceError, Interrupted, UsageError
+from .images import make_grid
+from .logs import no_log
+from .losses import get_loss
 from .model import Discriminator, Generator, attention_gammas
-from .rundir import RunDir
+from .precision import Precision, backward_and_step, load_scaler_metadata, resolve_precision, scaler_metadata
+from .rundir import BEST_NAME, RunDir
 from .runtime import preferred_memory_format
-from .sampling import generate, make_grid, sample_latents
+from .sampling import generate, sample_latents
+from .streaming import IndexFn, RealBatch, TrainingData, real_batches
+from .train_hooks import TrainingHooks, build_hooks
 
-STREAM_LATENTS = 0  # a step's latents, then its fake labels, come from this stream
 STREAM_AUGMENT = 1  # a step's augmentation draws (D step, then G step)
+STREAM_LATENTS = 0  # a step's latents, then its fake labels, come from this stream
 PREVIEW_SAMPLES = 64
 
 
@@ -55,8 +63,20 @@ class StopFlag:
 
 
 @dataclass
+class StepSetup:
+    """How a step runs: the modules it calls (DDP wrappers under torchrun), this rank, autocast, fp16 scalers."""
+
+    generator: torch.nn.Module
+    discriminator: torch.nn.Module
+    world: distributed.World = distributed.World()
+    precision: Precision = Precision()
+    scaler_g: torch.amp.GradScaler | None = None
+    scaler_d: torch.amp.GradScaler | None = None
+
+
+@dataclass
 class TrainState:
-    """Models, optimizers and counters: everything a checkpoint restores."""
+    """Models, optimizers and counters: everything a checkpoint restores (models never DDP-wrapped)."""
 
     generator: Generator
     discriminator: Discriminator
@@ -65,6 +85,7 @@ class TrainState:
     optimizer_d: torch.optim.Optimizer
     step: int = 0
     train_seconds: float = 0.0
+    setup: StepSetup | None = None  # None: one process, fp32
 
 
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
@@ -80,6 +101,18 @@ def batch_indices(batch_number: int, dataset_size: int, batch_size: int, seed: i
     return order[position * batch_size : (position + 1) * batch_size]
 
 
+def index_function(data_size: int, config: TrainConfig, shard: slice = slice(None)) -> IndexFn:
+    """batch number -> this rank's dataset indices (n,) of this run: what every data mode's loader is asked for.
+
+    Every rank draws the global batch's indices and keeps its `shard` (all of them in one process).
+    """
+
+    def index_of(batch_number: int) -> torch.Tensor:
+        return batch_indices(batch_number, data_size, config.batch_size, config.seed)[shard]
+
+    return index_of
+
+
 @functools.lru_cache(maxsize=2)
 def _epoch_order(dataset_size: int, seed: int, epoch: int) -> torch.Tensor:
     """The permutation of one epoch, drawn once per epoch rather than once per step (read-only)."""
@@ -90,12 +123,30 @@ def build_state(config: TrainConfig, device: torch.device) -> TrainState:
     """Fresh models and optimizers, initialised from the run's seed."""
     torch.manual_seed(config.seed)
     memory_format = preferred_memory_format(device)
-    generator = Generator(config.model).to(device, memory_format=memory_format)
-    discriminator = Discriminator(config.model).to(device, memory_format=memory_format)
+    generator = Generator(config.model).to(device).to(memory_format=memory_format)
+    discriminator = Discriminator(config.model).to(device).to(memory_format=memory_format)
     generator_ema = copy.deepcopy(generator).eval().requires_grad_(False) if config.ema else None
     optimizer_g = _adam(generator, config.lr_g, config, device)
     optimizer_d = _adam(discriminator, config.lr_d, config, device)
     return TrainState(generator, discriminator, generator_ema, optimizer_g, optimizer_d)
+
+
+def prepare_step(state: TrainState, config: TrainConfig, device: torch.device) -> StepSetup:
+    """Wrap G and D for DDP (SyncBatchNorm in G with config.sync_bn) and make the fp16 scalers; call after restoring."""
+    world = distributed.current_world()
+    generator: torch.nn.Module = state.generator
+    if config.sync_bn and world.distributed:  # same parameter and buffer objects: optimizer and checkpoints unchanged
+        generator = distributed.sync_batchnorm(generator, device)
+    precision = Precision(resolve_precision(config.precision, device), device.type)
+    state.setup = StepSetup(
+        distributed.wrap(generator, device),
+        distributed.wrap(state.discriminator, device),
+        world,
+        precision,
+        precision.scaler(),
+        precision.scaler(),
+    )
+    return state.setup
 
 
 def _adam(module: torch.nn.Module, lr: float, config: TrainConfig, device: torch.device) -> torch.optim.Adam:
@@ -117,7 +168,7 @@ def _match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
                     optimizer.state[param][key] = torch.empty_like(param).copy_(value)
 
 
-def check_training_data(config: TrainConfig, data: ImageData, resume_from: Path | None = None) -> None:
+def check_training_data(config: TrainConfig, data: TrainingData, resume_from: Path | None = None) -> None:
     """Refuse data this run cannot train on, before any file of the run is touched.
 
     On resume the data must be what the checkpoint trained on: same dataset, source and shape. A
@@ -130,7 +181,7 @@ def check_training_data(config: TrainConfig, data: ImageData, resume_from: Path 
         raise UsageError(f"--batch-size {config.batch_size} is larger than the dataset ({len(data)} images); lower it")
     if resume_from is not None:
         trained_on = read_checkpoint_info(resume_from).metadata.get("data_id")
-        if trained_on is not None and trained_on != data.data_id:
+        if trained_on is not None and not data.matches(trained_on):
             raise UsageError(
                 f"--resume {resume_from}: the run trained on {trained_on!r}, but the data loaded now is "
                 f"{data.data_id!r}; make the same data available (e.g. --data-dir) to continue it"
@@ -138,7 +189,7 @@ def check_training_data(config: TrainConfig, data: ImageData, resume_from: Path 
 
 
 def restore_state(state: TrainState, checkpoint: Path) -> None:
-    """Load a full training checkpoint into a freshly built state."""
+    """Load a full training checkpoint into a freshly built state (and its fp16 loss scales when training in fp16)."""
     info = read_checkpoint_info(checkpoint)
     if not info.has_training_state:
         raise UsageError(f"{checkpoint} holds no training state (discriminator/optimizers); it cannot be resumed")
@@ -149,14 +200,20 @@ def restore_state(state: TrainState, checkpoint: Path) -> None:
     load_optimizer_state(state.optimizer_g, checkpoint, info, "optimizer_g")
     load_optimizer_state(state.optimizer_d, checkpoint, info, "optimizer_d")
     state.step, state.train_seconds = info.step, info.train_seconds
+    setup = state.setup or StepSetup(state.generator, state.discriminator)
+    for part, scaler in (("g", setup.scaler_g), ("d", setup.scaler_d)):
+        saved = info.metadata.get(f"grad_scaler_{part}")
+        if scaler is not None and saved is not None:
+            load_scaler_metadata(scaler, saved, str(checkpoint))
 
 
 @torch.no_grad()
 def update_ema(ema: Generator, model: Generator, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model for parameters; buffers (BN stats, SN vectors) copied."""
-    ema_params, params = list(ema.parameters()), list(model.parameters())
+    ema_params: list[torch.Tensor] = list(ema.parameters())
+    params: list[torch.Tensor] = list(model.parameters())
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
         ema_buffer.copy_(buffer)
 
 
@@ -167,47 +224,78 @@ def ema_decay_at(step: int, config: TrainConfig) -> float:
     return min(config.ema_decay, (1.0 + step) / (10.0 + step))
 
 
-def train_step(state: TrainState, data: ImageData, config: TrainConfig, device: torch.device) -> dict[str, torch.Tensor]:
-    """One iteration: d_steps discriminator updates, then one generator update, hinge loss."""
-    G, D = state.generator, state.discriminator
+def train_step(
+    state: TrainState,
+    data: TrainingData,
+    config: TrainConfig,
+    device: torch.device,
+    batches: Iterator[RealBatch] | None = None,
+) -> dict[str, torch.Tensor]:
+    """One iteration: d_steps discriminator updates, then one generator update, with the run's loss.
+
+    Under torchrun this rank computes its slice of the global batch (B/world images and latents);
+    DDP averages the gradients, which equals the gradient of the global batch's mean loss.
+    `batches` yields this step's real batches, already this rank's slice (the training loop keeps
+    one loader for the run); without it they are drawn from `data` here.
+    """
+    setup = state.setup or StepSetup(state.generator, state.discriminator)
+    G, D = setup.generator, setup.discriminator  # DDP wrappers under torchrun
     model = config.model
+    loss = get_loss(config.loss)
     memory_format = preferred_memory_format(device)
     conditional = model.num_classes > 0
     _set_learning_rates(state, config)
-    for d_step in range(config.d_steps):
-        indices = batch_indices(state.step * config.d_steps + d_step, len(data), config.batch_size, config.seed)
-        real = to_model_range(data.images[indices]).to(device, memory_format=memory_format)  # (B, C, S, S)
-        real_labels = data.labels[indices].to(device) if conditional else None
-        rng = step_generator(config.seed, state.step * config.d_steps + d_step, STREAM_LATENTS)
-        z = torch.randn(config.batch_size, model.z_dim, generator=rng).to(device)
-        fake_labels = (
-            torch.randint(model.num_classes, (config.batch_size,), generator=rng).to(device) if conditional else None
+    shard = setup.world.shard(config.batch_size)
+    n = shard.stop - shard.start  # this rank's images per batch
+    if batches is None:
+        first = state.step * config.d_steps
+        batches = real_batches(
+            data, index_function(len(data), config, shard), first, first + config.d_steps, device, 0, no_log
         )
-        # The last D step's fakes are kept with their graph and reused for the G step: G has not
-        # changed since, so this is the same computation as a fresh forward, done once.
+    for d_step in range(config.d_steps):
+        batch = next(batches)  # the images of batch_indices(step * d_steps + d_step)[shard]
+        real = to_model_range(batch.images.to(device, non_blocking=True)).contiguous(
+            memory_format=memory_format
+        )  # (n, C, S, S)
+        real_labels = batch.labels.to(device) if conditional and batch.labels is not None else None
+        rng = step_generator(config.seed, state.step * config.d_steps + d_step, STREAM_LATENTS)
+        # The global batch's latents, then this rank's rows: the same fakes whatever the world size.
+        z = torch.randn(config.batch_size, model.z_dim, generator=rng)[shard].to(device)  # (n, z_dim)
+        fake_labels = (
+            None
+            if not conditional
+            else torch.randint(model.num_classes, (config.batch_size,), generator=rng)[shard].to(device)
+        )
+        # The last D step's fakes are kept with their graph and reused for the G step: G's weights
+        # have not changed since, so this saves a forward. It is not bit-exact with a fresh forward:
+        # that one would advance G's spectral-norm power iteration once more and update G's
+        # BatchNorm running statistics again (and see a new BN batch in train mode).
         keep_graph = d_step == config.d_steps - 1
-        with torch.set_grad_enabled(keep_graph):
-            fake = G(z, fake_labels)  # (B, C, S, S)
-        labels = torch.cat([real_labels, fake_labels]) if conditional else None
+        with torch.set_grad_enabled(keep_graph), setup.precision.autocast():
+            fake = G(z, fake_labels)  # (n, C, S, S)
+        labels = None if real_labels is None or fake_labels is None else torch.cat([real_labels, fake_labels])
         augment_rng = step_generator(config.seed, state.step * config.d_steps + d_step, STREAM_AUGMENT)
-        both = augment(torch.cat([real, fake.detach()]), config.augment, augment_rng)  # (2B, C, S, S)
-        scores = D(both.contiguous(memory_format=memory_format), labels)  # (2B,): one D pass for real and fake
-        d_real, d_fake = scores[: config.batch_size], scores[config.batch_size :]
-        loss_d = F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean()
+        both = augment(torch.cat([real, fake.detach().to(real.dtype)]), config.augment, augment_rng)  # (2n, C, S, S)
+        with setup.precision.autocast():
+            scores = D(both.contiguous(memory_format=memory_format), labels).float()  # (2n,): one D pass for both
+        d_real, d_fake = scores[:n], scores[n:]
+        loss_d = loss.discriminator(d_real, d_fake)
         state.optimizer_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        state.optimizer_d.step()
+        backward_and_step(loss_d, state.optimizer_d, setup.scaler_d)
 
-    D.requires_grad_(False)  # the G step needs gradients w.r.t. D's input only
-    seen = augment(fake, config.augment, augment_rng).contiguous(memory_format=memory_format)  # (B, C, S, S)
-    loss_g = -D(seen, fake_labels).mean()
+    # The G step calls D itself, not its DDP wrapper: D's weights get no gradients here (and must
+    # not, or DDP would reduce them outside its D step); gradients flow through D into G's DDP.
+    state.discriminator.requires_grad_(False)  # the G step needs gradients w.r.t. D's input only
+    with setup.precision.autocast():
+        seen = augment(fake, config.augment, augment_rng).contiguous(memory_format=memory_format)  # (n, C, S, S)
+        scores_g = state.discriminator(seen, fake_labels).float()  # (n,)
+    loss_g = loss.generator(scores_g)
     state.optimizer_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    state.optimizer_g.step()
-    D.requires_grad_(True)
+    backward_and_step(loss_g, state.optimizer_g, setup.scaler_g)
+    state.discriminator.requires_grad_(True)
 
     if state.generator_ema is not None:
-        update_ema(state.generator_ema, G, ema_decay_at(state.step, config))
+        update_ema(state.generator_ema, state.generator, ema_decay_at(state.step, config))  # the unwrapped G
     state.step += 1
     return {
         "loss_d": loss_d.detach(),
@@ -242,15 +330,66 @@ def training_done(state: TrainState, config: TrainConfig) -> bool:
     return config.max_minutes is not None and state.train_seconds >= config.max_minutes * 60
 
 
-def _check_finite(state: TrainState, losses: dict[str, torch.Tensor], last_checkpoint: Path | None) -> None:
-    if bool(torch.isfinite(torch.stack(list(losses.values()))).all()):
-        return
-    values = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
-    kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was saved yet"
-    raise DivergenceError(
-        f"training diverged at step {state.step}: non-finite loss ({values}); {kept}; "
-        "try lower learning rates (--lr-g/--lr-d)"
-    )
+class RankAgreement:
+    """Under torchrun: the losses averaged over ranks, and a stop decision every rank takes at the same step.
+
+    One small all-reduce per step carries the losses and this rank's stop flag. The flag is read
+    one step late, after the next step is queued, so waiting for it does not drain the device queue
+    every step: a signal seen during step k stops every rank after step k+1, whichever rank saw it.
+    In one process the losses pass through and a signal stops after the current step, as before.
+    """
+
+    def __init__(self, world: distributed.World) -> None:
+        self.world = world
+        self.pending: torch.Tensor | None = None  # the previous step's summed stop flags
+
+    def __call__(self, losses: dict[str, torch.Tensor], stop: StopFlag) -> tuple[dict[str, torch.Tensor], bool]:
+        requested = stop.signal_number is not None
+        if not self.world.distributed:
+            return losses, requested
+        values = torch.stack([value.float() for value in losses.values()])  # (L,)
+        flag = torch.full((1,), float(requested), device=values.device)
+        summed = distributed.agree(torch.cat([values, flag]))  # (L+1,), on the device
+        stopping = self.pending is not None and bool(self.pending > 0)
+        self.pending = summed[-1]
+        means = summed[:-1] / self.world.world_size
+        return dict(zip(losses, means.unbind(), strict=True)), stopping
+
+
+class FiniteWatch:
+    """Remembers, on the device, the first step whose losses were not finite.
+
+    `update` runs every step without a host sync (a sync per step stalls CUDA/MPS queues); `check`
+    reads the flag back (one sync) and runs only at log, preview and checkpoint steps, so nothing
+    non-finite is logged, drawn or saved, and the error still names the step it began.
+    """
+
+    def __init__(self) -> None:
+        self.first_bad: torch.Tensor | None = None  # int64 scalar on the device, -1 while all is finite
+        self.losses: dict[str, torch.Tensor] = {}
+
+    def update(self, step: int, losses: dict[str, torch.Tensor]) -> None:
+        """Record this step's losses (device tensors); no host sync."""
+        stacked = torch.stack(list(losses.values()))  # (L,)
+        if self.first_bad is None:
+            self.first_bad = torch.full((), -1, dtype=torch.int64, device=stacked.device)
+        newly_bad = (self.first_bad < 0) & ~torch.isfinite(stacked).all()
+        self.first_bad.masked_fill_(newly_bad, step)
+        self.losses = losses
+
+    def check(self, last_checkpoint: Path | None) -> None:
+        """Raise DivergenceError naming the first non-finite step, if there was one (one host sync)."""
+        if self.first_bad is None:
+            return
+        bad_step = int(self.first_bad)
+        if bad_step < 0:
+            return
+        values = ", ".join(f"{k}={float(v):.4g}" for k, v in self.losses.items())
+        kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was saved yet"
+        raise DivergenceError(
+            f"training diverged at step {bad_step}: non-finite loss (now {values}); {kept}; "
+            "try lower learning rates (--lr-g/--lr-d)"
+        )
 
 
 def weights_are_finite(*modules: torch.nn.Module | None) -> bool:
@@ -265,16 +404,41 @@ def preview_grid(state: TrainState, config: TrainConfig) -> torch.Tensor:
     was_training = generator.training
     generator.eval()
     latents = sample_latents(PREVIEW_SAMPLES, config.model.z_dim, config.seed)
-    labels = (
-        torch.arange(PREVIEW_SAMPLES) % config.model.num_classes if config.model.num_classes else None
-    )
+    labels = torch.arange(PREVIEW_SAMPLES) % config.model.num_classes if config.model.num_classes else None
     images = generate(generator, latents, labels)
     generator.train(was_training)
     return make_grid(images, nrow=8)
 
 
-def save_training_checkpoint(state: TrainState, config: TrainConfig, run: RunDir, name: str, data: ImageData) -> Path | None:
-    """Write a full checkpoint (after checking the weights are finite); None when this rank does not write."""
+def save_training_checkpoint(
+    state: TrainState,
+    config: TrainConfig,
+    run: RunDir,
+    name: str,
+    data: TrainingData,
+    extra_metadata: dict[str, str] | None = None,
+    every_rank: bool = True,
+) -> Path | None:
+    """Write a full checkpoint (after checking the weights are finite); None when this rank does not write.
+
+    Rank 0 writes the unwrapped models, so the file is the same format whatever the number of
+    processes. With every_rank (periodic, final and signal saves) all ranks call this at the same
+    step and first check that they hold the same weights (a collective); best.safetensors is saved
+    by rank 0 alone, after its evaluation, without that check.
+    """
+    if every_rank:
+        distributed.check_replicas_agree(state.generator, state.discriminator)
+    setup = state.setup or StepSetup(state.generator, state.discriminator)
+    extra = {
+        "data_source": data.source,
+        "data_id": data.data_id,
+        "world_size": str(setup.world.world_size),
+        "precision": setup.precision.name,
+    }
+    for part, scaler in (("g", setup.scaler_g), ("d", setup.scaler_d)):
+        saved = scaler_metadata(scaler)
+        if saved is not None:
+            extra[f"grad_scaler_{part}"] = saved
     if not weights_are_finite(state.generator, state.discriminator, state.generator_ema):
         last = run.latest_checkpoint()
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
@@ -294,91 +458,148 @@ def save_training_checkpoint(state: TrainState, config: TrainConfig, run: RunDir
             discriminator=state.discriminator,
             optimizer_g=state.optimizer_g,
             optimizer_d=state.optimizer_d,
-            extra_metadata={"data_source": data.source, "data_id": data.data_id},
+            extra_metadata={**extra, **(extra_metadata or {})},
         ),
     )
 
 
 def train(
     config: TrainConfig,
-    data: ImageData,
+    data: TrainingData,
     run: RunDir,
     device: torch.device,
     reporter: Reporter,
     stop: StopFlag | None = None,
     resume_from: Path | None = None,
 ) -> Path | None:
-    """Train until config.max_steps or config.max_minutes; return the final checkpoint (None on non-writing ranks)."""
-    check_training_data(config, data, resume_from)
+    """Train until config.max_steps; return the final checkpoint (None on non-writing ranks).
+
+    `data` must have passed check_training_data (runs.open_run checks it before creating `run`).
+    """
+    distributed.check_global_batch(config.batch_size, distributed.current_world())
+    if config.max_minutes is not None and distributed.current_world().distributed:
+        # Each rank measures its own time, so ranks could stop at different steps and hang the others.
+        raise UsageError("--max-minutes is not supported under torchrun; give the run a --max-steps instead")
     state = build_state(config, device)
+    with distributed.failures_as_errors():  # a peer that died: one line, not DDP's traceback
+        setup = prepare_step(state, config, device)  # DDP broadcasts rank 0's weights here
     if resume_from is not None:
         restore_state(state, resume_from)
         run.rewind(state.step)
         run.write_config(config)  # only now: a checkpoint that failed to load leaves config.json as it was
         reporter.log(f"resuming {run.path} from step {state.step} ({resume_from.name})")
+    if setup.world.distributed:
+        per_rank = config.batch_size // setup.world.world_size
+        reporter.log(
+            f"{setup.world.world_size} processes: global batch {config.batch_size} = {setup.world.world_size} x {per_rank}"
+        )
+    if setup.precision.name != "fp32":
+        reporter.log(f"precision {setup.precision.name} (autocast; weights and checkpoints stay fp32)")
     state.generator.train()
     state.discriminator.train()
     stop = stop or StopFlag()
     last_checkpoint = resume_from
+
+    # Evaluation and TensorBoard, as asked for; best.safetensors is a full checkpoint like the others.
+    def save_best(metadata: dict[str, str]) -> Path | None:
+        return save_training_checkpoint(state, config, run, BEST_NAME, data, metadata, every_rank=False)
+
+    hooks = build_hooks(config, data, run, state.step, reporter.log, save_best)
     reporter.start(config.max_steps, state.step)
     try:
-        return _train_loop(state, config, data, run, device, reporter, stop, last_checkpoint)
+        with distributed.failures_as_errors():
+            return _train_loop(state, config, data, run, device, reporter, stop, last_checkpoint, hooks)
     finally:
         reporter.close()  # also on divergence or interruption: a live progress bar must not outlive the run
+        hooks.close()
 
 
 def _train_loop(
     state: TrainState,
     config: TrainConfig,
-    data: ImageData,
+    data: TrainingData,
     run: RunDir,
     device: torch.device,
     reporter: Reporter,
     stop: StopFlag,
     last_checkpoint: Path | None,
+    hooks: TrainingHooks,
 ) -> Path | None:
     """The step loop of `train`: log, preview, checkpoint; stop cleanly on a signal, loudly on divergence."""
     window_start, window_steps = time.perf_counter(), 0
+    agree = RankAgreement(state.setup.world if state.setup else distributed.World())
     saved_step = state.step if last_checkpoint is not None else None
+    watch = FiniteWatch()
+    index_of = index_function(len(data), config, agree.world.shard(config.batch_size))
+    batches = real_batches(
+        data,
+        index_of,
+        state.step * config.d_steps,
+        config.max_steps * config.d_steps,
+        device,
+        config.data_workers,
+        reporter.log,
+    )
     try:
         while not training_done(state, config):
             step_start = time.perf_counter()
-            losses = train_step(state, data, config, device)
-            _check_finite(state, losses, last_checkpoint)
+            losses, stopping = agree(train_step(state, data, config, device, batches), stop)  # global-batch losses
+            watch.update(state.step, losses)
             state.train_seconds += time.perf_counter() - step_start
             window_steps += 1
-            done = training_done(state, config)
-            if done and state.step < config.max_steps:
+            last = training_done(state, config)
+            if last and state.step < config.max_steps:
                 reporter.log(f"time budget of {config.max_minutes:g} minutes reached at step {state.step}")
-            if state.step % config.log_every == 0 or done:
+            if (
+                last
+                or stopping
+                or hooks.due(state.step)
+                or any(state.step % every == 0 for every in (config.log_every, config.sample_every, config.save_every))
+            ):
+                watch.check(last_checkpoint)  # before anything is logged, drawn, scored or saved
+            logged, grid = None, None
+            if state.step % config.log_every == 0 or last:
                 now = time.perf_counter()
                 stats = {k: float(v) for k, v in losses.items()}
-                stats["images_per_second"] = window_steps * config.batch_size * config.d_steps / max(now - window_start, 1e-9)
+                stats["images_per_second"] = (
+                    window_steps * config.batch_size * config.d_steps / max(now - window_start, 1e-9)
+                )
                 gammas = {f"gamma_g{k}": v for k, v in attention_gammas(state.generator).items()}
                 gammas.update({f"gamma_d{k}": v for k, v in attention_gammas(state.discriminator).items()})
-                run.append_metrics({"step": state.step, "train_seconds": round(state.train_seconds, 3), **stats, **gammas})
+                logged = {"step": state.step, "train_seconds": round(state.train_seconds, 3), **stats, **gammas}
+                run.append_metrics(logged)
                 reporter.step(state.step, {**stats, **gammas})
                 window_start, window_steps = now, 0
-            if state.step % config.sample_every == 0 or done:
-                run.write_sample_grid(
-                    state.step, preview_grid(state, config), {"step": str(state.step), "seed": str(config.seed)}
-                )
-            if state.step % config.save_every == 0 and not done:
+            if run.enabled and (state.step % config.sample_every == 0 or last):
+                grid = preview_grid(state, config)
+                run.write_sample_grid(state.step, grid, {"step": str(state.step), "seed": str(config.seed)})
+            hooks_start = time.perf_counter()
+            hooks.after_step(
+                state.step, state.generator if state.generator_ema is None else state.generator_ema, logged, grid
+            )
+            if grid is not None:  # after the hooks (evaluation), and like them kept out of images/s
+                run.write_curves()
+            window_start += time.perf_counter() - hooks_start  # evaluation is not training: kept out of images/s
+            if state.step % config.save_every == 0 and not last:
                 last_checkpoint = save_training_checkpoint(state, config, run, run.step_name(state.step), data)
                 saved_step = state.step
                 run.prune_checkpoints(config.keep)
-            if stop.signal_number is not None and not done:
+            if stopping and not last:
                 break  # a signal during the last step changes nothing: the final checkpoint follows
     except KeyboardInterrupt:
         # Raised mid-step (no graceful handler installed, or a second Ctrl-C): the state may be
         # half-updated, so it is not saved; the last periodic checkpoint stays the resume point.
         kept = f"resume from {last_checkpoint}" if last_checkpoint else "no checkpoint was saved"
         raise Interrupted(f"interrupted at step {state.step} without saving; {kept}", EXIT_SIGINT) from None
+    finally:
+        batches.close()  # stops a streaming loader's worker processes now, not at garbage collection
     if not training_done(state, config):  # stopped by a signal: save (unless this step just was) and say how to go on
         if saved_step != state.step:
             last_checkpoint = save_training_checkpoint(state, config, run, run.step_name(state.step), data)
             run.prune_checkpoints(config.keep)
         code = EXIT_SIGINT if stop.signal_number == signal.SIGINT else EXIT_SIGTERM
         saved = f"saved {last_checkpoint}" if last_checkpoint else "the main process saved a checkpoint"
-        raise Interrupted(f"stopped at step {state.step}; {saved}; continue with: sagan train --resume {run.path}", code)
+        raise Interrupted(
+            f"stopped at step {state.step}; {saved}; continue with: sagan train --resume {run.path}", code
+        )
     return save_training_checkpoint(state, config, run, "final", data)

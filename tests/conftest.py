@@ -8,18 +8,30 @@ import os
 # makes them many times slower; subprocesses started by tests inherit this too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
+import pytest
+from typer.testing import CliRunner
 
-from sagan_cli.cli import app  # noqa: E402
+from sagan_cli.cli import app
 
 # A model small enough to train a few steps in about a second on a busy 2-core CPU.
-TINY_TRAIN_FLAGS = [
-    "--max-steps", "4", "--batch-size", "8", "--g-width", "8", "--d-width", "8", "--z-dim", "16",
-    "--no-download", "--log-every", "2", "--sample-every", "2", "--save-every", "2",
-]
+TINY_TRAIN_FLAGS = (
+    "--max-steps 4 --batch-size 8 --g-width 8 --d-width 8 --z-dim 16 "
+    "--no-download --log-every 2 --sample-every 2 --save-every 2"
+).split()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` are skipped where CUDA is not available (as on the development machine)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 def run_cli(*args: str):

@@ -6,8 +6,8 @@ import copy
 from pathlib import Path
 
 import pytest
-from PIL import Image
 import torch
+from PIL import Image
 
 
 def untrained_checkpoint(tmp_path_factory: pytest.TempPathFactory, name: str, **model: object) -> Path:
@@ -25,7 +25,14 @@ def untrained_checkpoint(tmp_path_factory: pytest.TempPathFactory, name: str, **
         config = TrainConfig(download=False, model=ModelConfig(**{"g_width": 8, "d_width": 8, "z_dim": 16, **model}))
         torch.manual_seed(0)
         generator = Generator(config.model).eval()
-        save_checkpoint(checkpoint, train_config=config, step=4, train_seconds=1.25, generator=generator, generator_ema=copy.deepcopy(generator))
+        save_checkpoint(
+            checkpoint,
+            train_config=config,
+            step=4,
+            train_seconds=1.25,
+            generator=generator,
+            generator_ema=copy.deepcopy(generator),
+        )
         (checkpoint.parent.parent / "config.json").write_text(config.to_json())
     return checkpoint
 

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TRAIN_FLAGS, run_cli
 from PIL import Image
 from safetensors import safe_open
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 from sagan_cli.checkpoint import load_generator, read_checkpoint_info
 from sagan_cli.data import find_images, load_folder
-from torchvision.transforms.v2.functional import pil_to_tensor
-
-from conftest import TINY_TRAIN_FLAGS, run_cli
 
 
 def test_train_writes_a_complete_run(tiny_run: Path, tiny_checkpoint: Path) -> None:
@@ -178,7 +177,16 @@ def test_train_on_an_image_folder(tmp_path: Path) -> None:
     for i in range(10):
         Image.new("RGB", (48 + i, 40), (i * 20, 100, 255 - i * 20)).save(folder / f"img{i}.png")
     result = run_cli(
-        "train", *TINY_TRAIN_FLAGS, "--dataset", folder, "--image-size", "32", "--out", tmp_path / "runs", "--name", "pics"
+        "train",
+        *TINY_TRAIN_FLAGS,
+        "--dataset",
+        folder,
+        "--image-size",
+        "32",
+        "--out",
+        tmp_path / "runs",
+        "--name",
+        "pics",
     )
     assert result.exit_code == 0, result.stderr
     info = read_checkpoint_info(Path(result.stdout.strip()))

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from PIL import Image
 from safetensors.torch import save_file
 
 from sagan_cli.cli import app
 from sagan_cli.config import TrainConfig
 from sagan_cli.errors import EXIT_FAILURE, EXIT_SIGINT, EXIT_USAGE
-
-from conftest import run_cli
 
 TINY = ["--batch-size", "8", "--g-width", "8", "--d-width", "8", "--z-dim", "16", "--no-download", "--log-every", "1"]
 
@@ -47,10 +46,11 @@ def conditional_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def resumable_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 3-step unconditional run with periodic checkpoints at steps 1 and 2."""
     out = tmp_path_factory.mktemp("resumable")
-    result = run_cli("train", *TINY, "--no-conditional", "--max-steps", "3", "--save-every", "1", "--keep", "5", "--out", out, "--name", "r")
+    result = run_cli(
+        "train", *TINY, "--no-conditional", "--max-steps", "3", "--save-every", "1", "--keep", "5", "--out", out, "--name", "r"
+    )
     assert result.exit_code == 0, result.stderr
     return out / "r"
-
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -83,7 +83,11 @@ def _bad_checkpoint(kind: str, good: Path, tmp: Path) -> Path:
     elif kind == "truncated_weights":
         path.write_bytes(data[: 8 + header_len + (len(data) - 8 - header_len) // 2])
     elif kind == "random_bytes":
-        path.write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).numpy().tobytes())
+        path.write_bytes(
+            torch.randint(0, 256, (4096,), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+            .numpy()
+            .tobytes()
+        )
     elif kind == "pickle":
         path = tmp / "weights.pkl"
         path.write_bytes(pickle.dumps({"generator": [1.0, 2.0]}))
@@ -120,14 +124,20 @@ def test_bad_checkpoints_are_refused_with_the_reason(kind: str, tiny_checkpoint:
 
 
 @pytest.mark.parametrize("output", ["grid.png", "folder/"])
-def test_sample_count_beyond_memory_is_refused_before_any_work(output: str, tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_sample_count_beyond_memory_is_refused_before_any_work(
+    output: str, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     # Was: an out-of-memory crash (exit 1) after minutes, or a hang building a trillion file names.
     target = tmp_path / output
-    assert_one_error(run_cli("sample", tiny_checkpoint, "-n", str(10**12), "-o", target), EXIT_USAGE, "-n 1000000000000", "GiB")
+    assert_one_error(
+        run_cli("sample", tiny_checkpoint, "-n", str(10**12), "-o", target), EXIT_USAGE, "-n 1000000000000", "GiB"
+    )
     assert not target.exists()
 
 
-def test_a_checkpoint_whose_header_length_starts_like_a_pickle_still_loads(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_a_checkpoint_whose_header_length_starts_like_a_pickle_still_loads(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     # Regression: the pickle sniffing looked at the first byte alone, which for a safetensors
     # file is the low byte of the header length, so ~1 in 256 real checkpoints were refused.
     for padding in range(256):
@@ -178,7 +188,9 @@ def test_dataset_folder_with_no_readable_image(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_folder_too_big_for_memory_is_refused_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_folder_too_big_for_memory_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The whole set is preloaded as uint8; on a machine without room for it, say so before decoding
     # for minutes and running out of memory (CelebA at 128 px is ~9.9 GB).
     import sagan_cli.data
@@ -187,13 +199,26 @@ def test_a_folder_too_big_for_memory_is_refused_before_decoding(tmp_path: Path, 
     _write_digits(folder, 5)
     monkeypatch.setattr(sagan_cli.data, "available_memory_bytes", lambda: 1000)  # a machine with 1000 bytes free
     result = run_cli(
-        "train", *TINY, "--max-steps", "1", "--dataset", folder, "--image-size", "28", "--channels", "1", "--out", tmp_path / "runs",
+        "train",
+        *TINY,
+        "--max-steps",
+        "1",
+        "--dataset",
+        folder,
+        "--image-size",
+        "28",
+        "--channels",
+        "1",
+        "--out",
+        tmp_path / "runs",
     )
     assert_one_error(result, EXIT_USAGE, "5 images at 1x28x28", "GiB available", "--image-size")
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_registered_dataset_too_big_for_memory_at_the_asked_size_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_registered_dataset_too_big_for_memory_at_the_asked_size_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Was: MNIST at 256 px was resized in one piece, float intermediates and all, until memory ran out.
     import sagan_cli.data
 
@@ -208,8 +233,20 @@ def test_corrupt_images_are_skipped_with_a_count(tmp_path: Path) -> None:
     (folder / "broken.png").write_bytes(Image.new("L", (28, 28)).tobytes()[:50])
     (folder / "half.png").write_bytes((folder / "digit_0.png").read_bytes()[:40])
     result = run_cli(
-        "train", *TINY, "--max-steps", "1", "--dataset", folder, "--image-size", "28", "--channels", "1",
-        "--out", tmp_path / "runs", "--name", "mixed",
+        "train",
+        *TINY,
+        "--max-steps",
+        "1",
+        "--dataset",
+        folder,
+        "--image-size",
+        "28",
+        "--channels",
+        "1",
+        "--out",
+        tmp_path / "runs",
+        "--name",
+        "mixed",
     )
     assert result.exit_code == 0, result.stderr
     assert "warning: skipped 2 unreadable image(s)" in result.stderr
@@ -249,7 +286,9 @@ def test_unknown_dataset_name_lists_the_known_ones(tmp_path: Path) -> None:
         (["--no-such-flag"], "No such option"),
     ],
 )
-def test_train_refuses_nonsense_numbers_before_creating_anything(flags: list[str], fragment: str, tmp_path: Path) -> None:
+def test_train_refuses_nonsense_numbers_before_creating_anything(
+    flags: list[str], fragment: str, tmp_path: Path
+) -> None:
     result = run_cli("train", *TINY, "--max-steps", "1", *flags, "--out", tmp_path / "runs")
     assert_one_error(result, EXIT_USAGE, fragment)
     assert not (tmp_path / "runs").exists()
@@ -271,7 +310,9 @@ def test_train_refuses_nonsense_numbers_before_creating_anything(flags: list[str
         (["--seed", str(2**64)], "--seed must be in 0..4294967295"),
     ],
 )
-def test_sample_refuses_nonsense_numbers(flags: list[str], fragment: str, tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_sample_refuses_nonsense_numbers(
+    flags: list[str], fragment: str, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     result = run_cli("sample", tiny_checkpoint, *flags, "-o", tmp_path / "grid.png")
     assert_one_error(result, EXIT_USAGE, fragment)
     assert not (tmp_path / "grid.png").exists()
@@ -286,10 +327,16 @@ def test_sample_refuses_nonsense_numbers(flags: list[str], fragment: str, tiny_c
         ("evaluate", ["--seed", str(2**32)], "--seed must be in 0..4294967295, got 4294967296"),
         ("compare", ["--seed=-1"], "--seed must be in 0..4294967295, got -1"),
         ("interpolate", ["--seeds=-1,3"], "--seeds must be in 0..4294967295, got -1"),
-        ("interpolate", ["--seeds=0,99999999999999999999999"], "--seeds must be in 0..4294967295, got 99999999999999999999999"),
+        (
+            "interpolate",
+            ["--seeds=0,99999999999999999999999"],
+            "--seeds must be in 0..4294967295, got 99999999999999999999999",
+        ),
     ],
 )
-def test_eval_commands_check_seeds_like_sample(command: str, flags: list[str], fragment: str, tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_eval_commands_check_seeds_like_sample(
+    command: str, flags: list[str], fragment: str, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     checkpoints = [tiny_checkpoint]
     if command == "compare":
         checkpoints.append(tmp_path / "other.safetensors")
@@ -300,7 +347,9 @@ def test_eval_commands_check_seeds_like_sample(command: str, flags: list[str], f
 
 
 @pytest.mark.parametrize("command", ["evaluate", "compare"])
-def test_eval_sample_count_beyond_memory_is_refused_before_any_work(command: str, tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_eval_sample_count_beyond_memory_is_refused_before_any_work(
+    command: str, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     # Was: "unexpected RuntimeError ... tried to allocate 512000000000 bytes", exit 1.
     checkpoints = [tiny_checkpoint]
     if command == "compare":
@@ -323,7 +372,9 @@ def test_flags_that_would_be_silently_ignored_are_refused(tiny_checkpoint: Path,
 
 
 @pytest.mark.parametrize("class_index", ["10", "-1"])
-def test_class_out_of_range_names_the_valid_classes(class_index: str, conditional_checkpoint: Path, tmp_path: Path) -> None:
+def test_class_out_of_range_names_the_valid_classes(
+    class_index: str, conditional_checkpoint: Path, tmp_path: Path
+) -> None:
     result = run_cli("sample", conditional_checkpoint, "--class", class_index, "-o", tmp_path / "grid.png")
     assert_one_error(result, EXIT_USAGE, f"--class {class_index} is out of range", "classes 0..9")
     ok = run_cli("sample", conditional_checkpoint, "--class", "9", "-n", "2", "-o", tmp_path / "grid.png")
@@ -336,7 +387,9 @@ def test_class_out_of_range_names_the_valid_classes(class_index: str, conditiona
 def test_existing_output_is_kept_without_force(tiny_checkpoint: Path, tmp_path: Path) -> None:
     output = tmp_path / "grid.png"
     output.write_bytes(b"precious")
-    assert_one_error(run_cli("sample", tiny_checkpoint, "-n", "2", "-o", output), EXIT_USAGE, "already exists", "--force")
+    assert_one_error(
+        run_cli("sample", tiny_checkpoint, "-n", "2", "-o", output), EXIT_USAGE, "already exists", "--force"
+    )
     assert output.read_bytes() == b"precious"
     result = run_cli("sample", tiny_checkpoint, "-n", "2", "-o", output, "--force")
     assert result.exit_code == 0, result.stderr
@@ -347,7 +400,9 @@ def test_existing_files_in_an_output_folder_are_kept_without_force(tiny_checkpoi
     folder = tmp_path / "singles"
     folder.mkdir()
     (folder / "sample_00001.png").write_bytes(b"precious")
-    assert_one_error(run_cli("sample", tiny_checkpoint, "-n", "3", "-o", f"{folder}/"), EXIT_USAGE, "sample_00001.png already exists")
+    assert_one_error(
+        run_cli("sample", tiny_checkpoint, "-n", "3", "-o", f"{folder}/"), EXIT_USAGE, "sample_00001.png already exists"
+    )
     assert sorted(p.name for p in folder.iterdir()) == ["sample_00001.png"]
 
 
@@ -363,7 +418,9 @@ def test_read_only_output_folder_is_refused(tiny_checkpoint: Path, tmp_path: Pat
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        assert_one_error(run_cli("sample", tiny_checkpoint, "-n", "2", "-o", locked / "grid.png"), EXIT_USAGE, "not writable")
+        assert_one_error(
+            run_cli("sample", tiny_checkpoint, "-n", "2", "-o", locked / "grid.png"), EXIT_USAGE, "not writable"
+        )
     finally:
         locked.chmod(0o700)
 
@@ -409,26 +466,40 @@ def test_resume_of_an_unconditional_run_with_conditional(resumable_run: Path) ->
 def test_resume_below_the_checkpoint_step_is_refused(resumable_run: Path) -> None:
     before = snapshot(resumable_run)
     checkpoint = resumable_run / "checkpoints" / "step_000002.safetensors"
-    assert_one_error(run_cli("train", "--resume", resumable_run, "--max-steps", "3"), EXIT_USAGE, "already finished at step 3")
-    assert_one_error(run_cli("train", "--resume", resumable_run, "--max-steps", "2"), EXIT_USAGE, "already finished at step 3")
+    assert_one_error(
+        run_cli("train", "--resume", resumable_run, "--max-steps", "3"), EXIT_USAGE, "already finished at step 3"
+    )
+    assert_one_error(
+        run_cli("train", "--resume", resumable_run, "--max-steps", "2"), EXIT_USAGE, "already finished at step 3"
+    )
     result = run_cli("train", "--resume", checkpoint, "--max-steps", "1")
     assert_one_error(result, EXIT_USAGE, "--max-steps 1 is below the checkpoint's step 2")
-    assert_one_error(run_cli("train", "--resume", checkpoint, "--max-steps", "0"), EXIT_USAGE, "--max-steps must be at least 1")
+    assert_one_error(
+        run_cli("train", "--resume", checkpoint, "--max-steps", "0"), EXIT_USAGE, "--max-steps must be at least 1"
+    )
     assert snapshot(resumable_run) == before
 
 
 def test_resume_of_something_that_is_not_a_run(tmp_path: Path) -> None:
-    assert_one_error(run_cli("train", "--resume", tmp_path / "nothing"), EXIT_USAGE, "no such run directory or checkpoint")
+    assert_one_error(
+        run_cli("train", "--resume", tmp_path / "nothing"), EXIT_USAGE, "no such run directory or checkpoint"
+    )
     assert_one_error(run_cli("train", "--resume", tmp_path), EXIT_USAGE, "is not a sagan run directory")
     # Was: "unexpected NotADirectoryError", exit 1.
     (tmp_path / "step1.bak").write_bytes(b"x")
-    assert_one_error(run_cli("train", "--resume", tmp_path / "step1.bak"), EXIT_USAGE, "pass a run directory or one of its")
+    assert_one_error(
+        run_cli("train", "--resume", tmp_path / "step1.bak"), EXIT_USAGE, "pass a run directory or one of its"
+    )
     (tmp_path / "listrun").mkdir()
     (tmp_path / "listrun" / "config.json").write_text("[]")
-    assert_one_error(run_cli("train", "--resume", tmp_path / "listrun"), EXIT_USAGE, "config.json is damaged", "JSON object")
+    assert_one_error(
+        run_cli("train", "--resume", tmp_path / "listrun"), EXIT_USAGE, "config.json is damaged", "JSON object"
+    )
 
 
-def test_resume_from_a_checkpoint_that_fails_to_load_leaves_the_config_alone(resumable_run: Path, tmp_path: Path) -> None:
+def test_resume_from_a_checkpoint_that_fails_to_load_leaves_the_config_alone(
+    resumable_run: Path, tmp_path: Path
+) -> None:
     # Was: config.json got the new --max-steps before the checkpoint's tensors turned out unreadable.
     import shutil
 
@@ -449,13 +520,39 @@ def test_a_refused_new_run_leaves_the_old_one_and_creates_nothing(resumable_run:
     _write_digits(folder, 3)
     before = snapshot(resumable_run)
     result = run_cli(
-        "train", *TINY, "--dataset", folder, "--image-size", "28", "--channels", "1", "--max-steps", "1",
-        "--out", resumable_run.parent, "--name", resumable_run.name, "--force",
+        "train",
+        *TINY,
+        "--dataset",
+        folder,
+        "--image-size",
+        "28",
+        "--channels",
+        "1",
+        "--max-steps",
+        "1",
+        "--out",
+        resumable_run.parent,
+        "--name",
+        resumable_run.name,
+        "--force",
     )
     assert_one_error(result, EXIT_USAGE, "--batch-size 8 is larger than the dataset (3 images)")
     assert snapshot(resumable_run) == before
     # ... and a new name that is refused leaves no directory behind to block the next try.
-    result = run_cli("train", *TINY, "--dataset", folder, "--image-size", "28", "--channels", "1", "--out", tmp_path / "runs", "--name", "new")
+    result = run_cli(
+        "train",
+        *TINY,
+        "--dataset",
+        folder,
+        "--image-size",
+        "28",
+        "--channels",
+        "1",
+        "--out",
+        tmp_path / "runs",
+        "--name",
+        "new",
+    )
     assert_one_error(result, EXIT_USAGE, "larger than the dataset")
     assert not (tmp_path / "runs").exists()
 
@@ -472,12 +569,26 @@ def test_resume_on_other_data_is_refused(tmp_path: Path) -> None:
     # Was: a folder run resumed with 5 more images in the folder trained on, silently, on other data.
     folder = tmp_path / "imgs"
     _write_digits(folder, 8)
-    flags = [*TINY, "--dataset", folder, "--image-size", "28", "--channels", "1", "--out", tmp_path / "runs", "--name", "f"]
+    flags = [
+        *TINY,
+        "--dataset",
+        folder,
+        "--image-size",
+        "28",
+        "--channels",
+        "1",
+        "--out",
+        tmp_path / "runs",
+        "--name",
+        "f",
+    ]
     assert run_cli("train", *flags, "--max-steps", "1").exit_code == 0
     for i in range(8, 12):
         Image.new("L", (28, 28), color=i * 20).save(folder / f"digit_{i}.png")
     result = run_cli("train", "--resume", tmp_path / "runs" / "f", "--max-steps", "2")
-    assert_one_error(result, EXIT_USAGE, "the run trained on", "8x1x28x28", "12x1x28x28", "make the same data available")
+    assert_one_error(
+        result, EXIT_USAGE, "the run trained on", "8x1x28x28", "12x1x28x28", "make the same data available"
+    )
 
 
 def test_a_folder_run_resumes_from_another_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -516,7 +627,11 @@ def test_cuda_without_cuda(tiny_checkpoint: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()
     result = run_cli("sample", tiny_checkpoint, "-n", "1", "--device", "cuda", "-o", tmp_path / "g.png")
     assert_one_error(result, EXIT_USAGE, "CUDA is not available")
-    assert_one_error(run_cli("sample", tiny_checkpoint, "--device", "tpu", "-o", tmp_path / "g.png"), EXIT_USAGE, "unknown device 'tpu'")
+    assert_one_error(
+        run_cli("sample", tiny_checkpoint, "--device", "tpu", "-o", tmp_path / "g.png"),
+        EXIT_USAGE,
+        "unknown device 'tpu'",
+    )
 
 
 # --- unexpected errors and --debug --------------------------------------------------------------
@@ -559,7 +674,11 @@ def test_sagan_debug_env_shows_the_traceback_in_a_real_process() -> None:
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     loud = subprocess.run(
-        [sys.executable, "-c", script, "boom"], capture_output=True, text=True, env={**env, "SAGAN_DEBUG": "1"}, timeout=120
+        [sys.executable, "-c", script, "boom"],
+        capture_output=True,
+        text=True,
+        env={**env, "SAGAN_DEBUG": "1"},
+        timeout=120,
     )
     assert loud.returncode == EXIT_FAILURE
     assert "Traceback (most recent call last)" in loud.stderr and "RuntimeError: kaboom" in loud.stderr

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
+from eval_support import grid_cell, isolate_caches, read_png, untrained_checkpoint
 from PIL import Image
 
 from sagan_cli.compare import display_names
 from sagan_cli.sampling import sample_from_checkpoint
-
-from conftest import run_cli
-from eval_support import grid_cell, isolate_caches, read_png, untrained_checkpoint
 
 N = 48
 
@@ -30,7 +29,9 @@ def no_attention_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_compare_two_tiny_checkpoints(tiny_checkpoint: Path, no_attention_checkpoint: Path, tmp_path: Path) -> None:
     grid_png = tmp_path / "compare.png"
-    result = run_cli("compare", tiny_checkpoint, no_attention_checkpoint, "-n", N, "--json", "-o", grid_png, "--grid-n", 4)
+    result = run_cli(
+        "compare", tiny_checkpoint, no_attention_checkpoint, "-n", N, "--json", "-o", grid_png, "--grid-n", 4
+    )
     assert result.exit_code == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["schema"] == "sagan.compare/1" and payload["extractor"]["name"] == "digits"
@@ -41,7 +42,11 @@ def test_compare_two_tiny_checkpoints(tiny_checkpoint: Path, no_attention_checkp
     assert first["parameters"] > second["parameters"] > 0
     assert first["steps"] == second["steps"] == 4 and second["train_seconds"] == 1.25
     for model in (first, second):
-        assert set(model["metrics"]) >= {"frechet_inception_distance", "inception_score_mean", "kernel_inception_distance_mean"}
+        assert set(model["metrics"]) >= {
+            "frechet_inception_distance",
+            "inception_score_mean",
+            "kernel_inception_distance_mean",
+        }
         assert model["images_per_second"] > 0 and len(model["sha256"]) == 64
     for title in ("FID", "IS", "KID", "img/s", "tiny-noattn"):
         assert title in result.stderr
@@ -65,7 +70,10 @@ def test_display_names_are_short_and_unique() -> None:
     a = Path("runs/a/checkpoints/final.safetensors")
     b = Path("runs/a/checkpoints/step_000500.safetensors")
     assert display_names([a, b]) == ["a", "a/step_000500"]
-    assert display_names([a, Path("other/runs/a/checkpoints/final.safetensors")]) == [str(a), "other/runs/a/checkpoints/final.safetensors"]
+    assert display_names([a, Path("other/runs/a/checkpoints/final.safetensors")]) == [
+        str(a),
+        "other/runs/a/checkpoints/final.safetensors",
+    ]
 
 
 def test_compare_table_keeps_long_names_and_numbers_whole_on_80_columns(
@@ -127,7 +135,9 @@ def test_compare_refuses_the_same_checkpoint_twice(tiny_checkpoint: Path) -> Non
     assert result.exit_code == 2 and "are the same file" in result.stderr
 
 
-def test_shape_mismatch_names_the_checkpoints_apart(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_shape_mismatch_names_the_checkpoints_apart(
+    tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     # Was: both named by file name, "final.safetensors: 1x28x28, final.safetensors: 1x32x32".
     other = untrained_checkpoint(tmp_path_factory, "mnist32", image_size=32)
     result = run_cli("compare", tiny_checkpoint, other, "-n", N, "--no-cache")

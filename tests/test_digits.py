@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from sagan_cli.data import resize_images
 from sagan_cli.digits import (
     FEATURE_DIM,
     NUM_CLASSES,
@@ -15,7 +16,6 @@ from sagan_cli.digits import (
     load_digits_classifier,
     uint8_to_model_input,
 )
-from sagan_cli.data import resize_images
 from sagan_cli.idx import load_bundled_mnist
 
 

@@ -11,6 +11,7 @@ import tempfile
 import zlib
 from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -24,7 +25,11 @@ from sagan_cli.model import ModelConfig
 from sagan_cli.train import build_state, restore_state, train_step
 
 FUZZ = settings(
-    max_examples=120, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 CONFIG = TrainConfig(batch_size=4, model=ModelConfig(z_dim=8, g_width=2, d_width=2, num_classes=3))
 WORK = Path(tempfile.mkdtemp(prefix="sagan-fuzz-"))
@@ -40,9 +45,15 @@ def _real_checkpoint() -> bytes:
     train_step(state, data, CONFIG, torch.device("cpu"))
     path = WORK / "real.safetensors"
     save_checkpoint(
-        path, train_config=CONFIG, step=state.step, train_seconds=0.5, generator=state.generator,
-        generator_ema=state.generator_ema, discriminator=state.discriminator,
-        optimizer_g=state.optimizer_g, optimizer_d=state.optimizer_d,
+        path,
+        train_config=CONFIG,
+        step=state.step,
+        train_seconds=0.5,
+        generator=state.generator,
+        generator_ema=state.generator_ema,
+        discriminator=state.discriminator,
+        optimizer_g=state.optimizer_g,
+        optimizer_d=state.optimizer_d,
     )
     return path.read_bytes()
 
@@ -62,7 +73,9 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
     max_leaves=6,
 )
-weird_numbers = st.sampled_from(["-1", "0", "²", "٣", "1e3", " 7", "9" * 5000, "nan", "inf", "-0", "18446744073709551616"])
+weird_numbers = st.sampled_from(
+    ["-1", "0", "²", "٣", "1e3", " 7", "9" * 5000, "nan", "inf", "-0", "18446744073709551616"]
+)
 
 
 def _pack(header: dict, body: bytes = BODY) -> bytes:
@@ -94,7 +107,22 @@ def header_mutations(draw: st.DrawFn) -> bytes:
     """Valid safetensors framing around a header whose entries have wrong types, dtypes, shapes or offsets."""
     header = json.loads(json.dumps(HEADER))
     metadata = header["__metadata__"]
-    kind = draw(st.sampled_from(["metadata_value", "model_field", "train_field", "dtype", "shape", "offsets", "drop", "version", "metadata_type", "numbers"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "metadata_value",
+                "model_field",
+                "train_field",
+                "dtype",
+                "shape",
+                "offsets",
+                "drop",
+                "version",
+                "metadata_type",
+                "numbers",
+            ]
+        )
+    )
     if kind == "metadata_value":
         metadata[draw(st.sampled_from(METADATA_KEYS))] = draw(json_values)
     elif kind == "model_field":
@@ -106,7 +134,9 @@ def header_mutations(draw: st.DrawFn) -> bytes:
         train[draw(st.sampled_from(TRAIN_KEYS))] = draw(json_values)
         metadata["train_config"] = json.dumps(train)
     elif kind == "dtype":
-        header[draw(st.sampled_from(TENSOR_NAMES))]["dtype"] = draw(st.sampled_from(["F16", "F64", "I64", "U8", "BOOL", "BF16", "F8_E4M3", "X9"]))
+        header[draw(st.sampled_from(TENSOR_NAMES))]["dtype"] = draw(
+            st.sampled_from(["F16", "F64", "I64", "U8", "BOOL", "BF16", "F8_E4M3", "X9"])
+        )
     elif kind == "shape":
         header[draw(st.sampled_from(TENSOR_NAMES))]["shape"] = draw(st.lists(st.integers(-2, 2**40), max_size=4))
     elif kind == "offsets":
@@ -125,7 +155,9 @@ def header_mutations(draw: st.DrawFn) -> bytes:
 def _load_everything(path: Path) -> None:
     info = read_checkpoint_info(path)
     generator, _ = load_generator(path)
-    images = generator(torch.zeros(2, info.model.z_dim), torch.zeros(2, dtype=torch.int64) if info.model.num_classes else None)
+    images = generator(
+        torch.zeros(2, info.model.z_dim), torch.zeros(2, dtype=torch.int64) if info.model.num_classes else None
+    )
     assert images.shape == (2, info.model.channels, info.model.image_size, info.model.image_size)
     restore_state(SCRATCH_STATE, path)  # overwritten by every example: only exceptions matter here
 
@@ -157,14 +189,19 @@ def _with_metadata(**changes: object) -> bytes:
     return _pack(header)
 
 
+@pytest.mark.slow  # hundreds of mutated headers, ~30 s
 @FUZZ
 @given(header_mutations())
 @example(_with_metadata(format_version="\u00b2"))  # str.isdigit() is True, int() refuses it
 @example(_with_metadata(step="9" * 5000))  # int() refuses more than 4300 digits
 @example(_with_metadata(optimizer_g_groups="5"))
 @example(_with_metadata(train_config="[]"))  # would silently load as the default config
-@example(_with_metadata(model_config=json.dumps({**json.loads(HEADER["__metadata__"]["model_config"]), "g_width": 10**7})))
-@example(_with_metadata(model_config=json.dumps({**json.loads(HEADER["__metadata__"]["model_config"]), "attention": "no"})))
+@example(
+    _with_metadata(model_config=json.dumps({**json.loads(HEADER["__metadata__"]["model_config"]), "g_width": 10**7}))
+)
+@example(
+    _with_metadata(model_config=json.dumps({**json.loads(HEADER["__metadata__"]["model_config"]), "attention": "no"}))
+)
 @example(_pack({**HEADER, "__metadata__": {**HEADER["__metadata__"], "seed": 7}}))
 def test_header_mutated_checkpoints_fail_cleanly(data: bytes) -> None:
     _assert_clean(data)
@@ -177,7 +214,12 @@ def _image_bytes(fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-IMAGES = {".png": _image_bytes("PNG"), ".jpg": _image_bytes("JPEG"), ".gif": _image_bytes("GIF"), ".bmp": _image_bytes("BMP")}
+IMAGES = {
+    ".png": _image_bytes("PNG"),
+    ".jpg": _image_bytes("JPEG"),
+    ".gif": _image_bytes("GIF"),
+    ".bmp": _image_bytes("BMP"),
+}
 
 
 @st.composite
@@ -220,4 +262,3 @@ def test_mutated_images_are_loaded_or_skipped_never_crash(mutation: tuple[str, b
     assert len(loaded) + (1 if warnings else 0) == 1 + with_good_image
     if warnings:
         assert "skipped 1 unreadable image" in warnings[0]
-

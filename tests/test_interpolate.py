@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
+from eval_support import grid_cell, read_png, untrained_checkpoint
 from PIL import Image
 
 from sagan_cli.checkpoint import load_generator
 from sagan_cli.sampling import sample_from_checkpoint
 from sagan_cli.walk import lerp, plan_rows, slerp, walk
-
-from conftest import run_cli
-from eval_support import grid_cell, read_png, untrained_checkpoint
 
 SIZE = 28
 
@@ -25,7 +24,10 @@ def conditional_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_slerp_and_lerp_hit_the_endpoints_and_keep_shapes() -> None:
-    a, b = torch.randn(16, generator=torch.Generator().manual_seed(0)), torch.randn(16, generator=torch.Generator().manual_seed(1))
+    a, b = (
+        torch.randn(16, generator=torch.Generator().manual_seed(0)),
+        torch.randn(16, generator=torch.Generator().manual_seed(1)),
+    )
     t = torch.linspace(0, 1, 7)
     for method in (slerp, lerp):
         path = method(a, b, t)
@@ -110,7 +112,10 @@ def test_bad_input_is_a_usage_error(tiny_checkpoint: Path, tmp_path: Path, args:
 
 
 def test_classes_are_checked_on_conditional_models(conditional_checkpoint: Path, tmp_path: Path) -> None:
-    for args, fragment in ((["--classes", "1,12"], "out of range"), (["--classes", "1"], "exactly two"),
-                           (["--class", "2", "--classes", "1,7"], "exclude each other")):
+    for args, fragment in (
+        (["--classes", "1,12"], "out of range"),
+        (["--classes", "1"], "exactly two"),
+        (["--class", "2", "--classes", "1,7"], "exclude each other"),
+    ):
         result = run_cli("interpolate", conditional_checkpoint, "--seeds", "5", *args, "-o", tmp_path / "c.png")
         assert result.exit_code == 2 and fragment in result.stderr, result.stderr

@@ -77,10 +77,10 @@ def test_bad_attention_resolution_is_rejected() -> None:
 def reference_attention(block: SelfAttention, x: torch.Tensor) -> torch.Tensor:
     """The paper's equations written out with an explicit N x N map (eqs. 1-3 of arXiv 1805.08318)."""
     b, c, h, w = x.shape
-    f = block.query(x).reshape(b, -1, h * w)  # (B, C/8, N)
-    g = block.key(x).reshape(b, -1, h * w)  # (B, C/8, N)
+    g = block.query(x).reshape(b, -1, h * w)  # (B, C/8, N): the paper's g, the query
+    f = block.key(x).reshape(b, -1, h * w)  # (B, C/8, N): the paper's f, the key
     v = block.value(x).reshape(b, -1, h * w)  # (B, C/8, N)
-    s = f.transpose(1, 2) @ g  # (B, N_query, N_key)
+    s = g.transpose(1, 2) @ f  # (B, N_query, N_key): s[j, i] = f(x_i)^T g(x_j)
     beta = s.softmax(dim=-1)
     o = (v @ beta.transpose(1, 2)).reshape(b, -1, h, w)  # (B, C/8, H, W)
     return x + block.gamma * block.out(o)
@@ -93,21 +93,8 @@ def test_attention_matches_the_paper_formulation() -> None:
         block.gamma.fill_(0.7)
     x = torch.randn(3, 32, 8, 8)
     torch.testing.assert_close(block(x), reference_attention(block, x), rtol=1e-5, atol=1e-5)
-
-
-def test_attention_map_is_a_softmax_row_of_the_reference() -> None:
-    torch.manual_seed(0)
-    block = SelfAttention(16).eval()
-    x = torch.randn(2, 16, 6, 6)
-    attention = block.attention_map(x, query_index=7)
-    assert attention.shape == (2, 6, 6)
-    torch.testing.assert_close(attention.sum(dim=(1, 2)), torch.ones(2))
-    f = block.query(x).reshape(2, -1, 36)
-    g = block.key(x).reshape(2, -1, 36)
-    expected = (f.transpose(1, 2) @ g).softmax(-1)[:, 7].reshape(2, 6, 6)
-    torch.testing.assert_close(attention, expected)
-    with pytest.raises(ValueError):
-        block.attention_map(x, query_index=36)
+    block.fused = False  # the written-out softmax(Q K^T) V path beside the fused call
+    torch.testing.assert_close(block(x), reference_attention(block, x), rtol=1e-5, atol=1e-5)
 
 
 def test_gamma_starts_at_zero_and_receives_gradient() -> None:
@@ -198,7 +185,7 @@ def test_conv_rewrites_equal_the_textbook_formulation(rewrite: str, size: int, c
     probe = torch.randn_like(reference)
     grads = torch.autograd.grad(ours, (x, weight, bias), probe)
     reference_grads = torch.autograd.grad(reference, (x, weight, bias), probe)
-    for got, want in zip(grads, reference_grads):
+    for got, want in zip(grads, reference_grads, strict=True):
         assert torch.allclose(got, want, atol=1e-9)
     if channels_last:  # a contiguous input gradient would make every later elementwise backward slow
         assert grads[0].is_contiguous(memory_format=torch.channels_last)

@@ -10,13 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from PIL import ExifTags, Image
+from test_cli_errors import assert_one_error
 
 from sagan_cli.errors import EXIT_FAILURE, EXIT_USAGE
 from sagan_cli.outputs import sample_file_names
-
-from conftest import run_cli
-from test_cli_errors import assert_one_error
 
 
 def exif_metadata(path: Path) -> dict[str, str]:
@@ -64,7 +63,10 @@ def run_with_file_size_limit(limit: int, *args: str) -> subprocess.CompletedProc
     """`sagan ARGS` in a process that cannot grow any file past `limit` bytes: a real failing write (EFBIG)."""
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "sagan_cli", *map(str, args)], capture_output=True, text=True, env=env,
+        [sys.executable, "-m", "sagan_cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
     )
 
@@ -86,7 +88,9 @@ def test_a_failed_write_with_force_keeps_the_previous_file(
     assert first.exit_code == 0, first.stderr
     before = output.read_bytes()
     assert len(before) > 400  # so the limit below stops the new file part-way
-    failed = run_with_file_size_limit(400, command[0], tiny_checkpoint, *command[1:], *change, "-o", f"{tmp_path}/{target}", "--force")
+    failed = run_with_file_size_limit(
+        400, command[0], tiny_checkpoint, *command[1:], *change, "-o", f"{tmp_path}/{target}", "--force"
+    )
     lines = [line for line in failed.stderr.splitlines() if line.strip()]
     assert failed.returncode == EXIT_FAILURE, failed.stderr
     assert lines == [f"error: cannot write {output}: File too large"], failed.stderr
@@ -175,7 +179,9 @@ def test_a_refused_command_creates_no_folder(args: list[str], tiny_checkpoint: P
         (["interpolate", "--steps", "2", "-o", "{new}/d/walk.gif"], "d/walk.gif"),
     ],
 )
-def test_output_folders_are_created_when_writing(args: list[str], written: str, tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_output_folders_are_created_when_writing(
+    args: list[str], written: str, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     new = tmp_path / "new"
     result = run_cli(args[0], tiny_checkpoint, *[a.format(new=new) for a in args[1:]])
     assert result.exit_code == 0, result.stderr

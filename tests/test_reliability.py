@@ -13,19 +13,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from PIL import Image
 from safetensors.torch import load_file
 
+from sagan_cli.atomic import write_atomically
 from sagan_cli.checkpoint import load_generator, read_checkpoint_info
 from sagan_cli.errors import EXIT_FAILURE, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, SaganError
-from sagan_cli.outputs import write_atomically
-
-from conftest import run_cli
 
 TINY = ["--batch-size", "8", "--g-width", "8", "--d-width", "8", "--z-dim", "16", "--no-download", "--log-every", "1"]
 # Subprocesses get one OpenMP thread: two threads on two busy shared cores spin against each other.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
 
 
 def checkpoint_steps(run: Path) -> dict[str, int]:
@@ -50,7 +48,9 @@ def losses(run: Path) -> list[tuple[int, float, float]]:
 # --- atomic writes ------------------------------------------------------------------------------
 
 
-def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = tmp_path / "final.safetensors"
     write_atomically(target, b"old complete file", durable=True)
 
@@ -83,7 +83,10 @@ def _train_with_a_signal_pending(tmp_path: Path, max_steps: int, save_every: int
     from sagan_cli.train import StopFlag, train
 
     config = TrainConfig(
-        max_steps=max_steps, batch_size=8, save_every=save_every, keep=10,
+        max_steps=max_steps,
+        batch_size=8,
+        save_every=save_every,
+        keep=10,
         model=ModelConfig(g_width=8, d_width=8, z_dim=16),
     )
     run = RunDir.create(tmp_path / "run", config)
@@ -91,7 +94,7 @@ def _train_with_a_signal_pending(tmp_path: Path, max_steps: int, save_every: int
     stop.request(signal.SIGTERM)
     try:
         train(config, load_dataset("mnist", download=False), run, torch.device("cpu"), PlainReporter(), stop=stop)
-    except Exception as exc:  # noqa: BLE001 - the test inspects what ended training
+    except Exception as exc:  # the test inspects what ended training
         return exc, run.path
     return None, run.path
 
@@ -111,9 +114,15 @@ def test_a_signal_on_a_save_step_stops_there_with_that_checkpoint_to_resume_from
 
 
 def test_keep_holds_the_newest_periodic_checkpoints_plus_final(tmp_path: Path) -> None:
-    result = run_cli("train", *TINY, "--max-steps", "5", "--save-every", "1", "--keep", "2", "--out", tmp_path, "--name", "k")
+    result = run_cli(
+        "train", *TINY, "--max-steps", "5", "--save-every", "1", "--keep", "2", "--out", tmp_path, "--name", "k"
+    )
     assert result.exit_code == 0, result.stderr
-    assert checkpoint_steps(tmp_path / "k") == {"final.safetensors": 5, "step_000003.safetensors": 3, "step_000004.safetensors": 4}
+    assert checkpoint_steps(tmp_path / "k") == {
+        "final.safetensors": 5,
+        "step_000003.safetensors": 3,
+        "step_000004.safetensors": 4,
+    }
     assert not list((tmp_path / "k").rglob("*.tmp"))
 
 
@@ -169,7 +178,9 @@ def test_resume_from_a_periodic_checkpoint_mid_run_is_exact(tmp_path: Path) -> N
     assert "from step 2" in result.stderr
     assert [step for step, _, _ in losses(tmp_path / "a")] == [1, 2, 3, 4, 5]
     assert run_cli("train", *flags, "--max-steps", "5", "--name", "b").exit_code == 0
-    assert_same_tensors(tmp_path / "a" / "checkpoints" / "final.safetensors", tmp_path / "b" / "checkpoints" / "final.safetensors")
+    assert_same_tensors(
+        tmp_path / "a" / "checkpoints" / "final.safetensors", tmp_path / "b" / "checkpoints" / "final.safetensors"
+    )
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
 
 
@@ -179,7 +190,9 @@ def test_going_back_to_an_earlier_checkpoint_drops_the_abandoned_steps(tmp_path:
     flags = [*TINY, "--save-every", "1", "--sample-every", "1", "--keep", "10", "--out", str(tmp_path)]
     assert run_cli("train", *flags, "--max-steps", "4", "--name", "rw").exit_code == 0
     run = tmp_path / "rw"
-    result = run_cli("train", "--resume", run / "checkpoints" / "step_000001.safetensors", "--max-steps", "2", "--force")
+    result = run_cli(
+        "train", "--resume", run / "checkpoints" / "step_000001.safetensors", "--max-steps", "2", "--force"
+    )
     assert result.exit_code == 0, result.stderr
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["final.safetensors", "step_000001.safetensors"]
     assert read_checkpoint_info(run / "checkpoints" / "final.safetensors").step == 2
@@ -192,14 +205,20 @@ def test_going_back_to_an_earlier_checkpoint_drops_the_abandoned_steps(tmp_path:
 
 def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "boom"
-    assert run_cli("train", *TINY, "--max-steps", "2", "--save-every", "1", "--out", tmp_path, "--name", "boom").exit_code == 0
+    assert (
+        run_cli("train", *TINY, "--max-steps", "2", "--save-every", "1", "--out", tmp_path, "--name", "boom").exit_code
+        == 0
+    )
     # The run's config is what a resume trains with: absurd learning rates make the next steps blow up.
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "lr_g": 1e30, "lr_d": 1e30}))
     result = run_cli("train", "--resume", run, "--max-steps", "30")
     assert result.exit_code == EXIT_FAILURE, result.stderr
     line = result.stderr.strip().splitlines()[-1]
-    match = re.fullmatch(r"error: training diverged at step (\d+): non-finite .*the last good checkpoint is (\S+);.*--lr-g/--lr-d\)", line)
+    match = re.fullmatch(
+        r"error: training diverged at step (\d+): non-finite .*the last good checkpoint is (\S+);.*--lr-g/--lr-d\)",
+        line,
+    )
     assert match, line
     step, kept = int(match.group(1)), Path(match.group(2))
     assert 2 < step < 30
@@ -210,9 +229,13 @@ def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp
 
 
 def test_divergence_before_any_checkpoint_says_so(tmp_path: Path) -> None:
-    result = run_cli("train", *TINY, "--lr-g", "1e30", "--lr-d", "1e30", "--max-steps", "30", "--out", tmp_path, "--name", "x")
+    result = run_cli(
+        "train", *TINY, "--lr-g", "1e30", "--lr-d", "1e30", "--max-steps", "30", "--out", tmp_path, "--name", "x"
+    )
     assert result.exit_code == EXIT_FAILURE, result.stderr
-    assert re.fullmatch(r"error: training diverged at step \d+: .*no checkpoint was saved yet.*", result.stderr.strip().splitlines()[-1])
+    assert re.fullmatch(
+        r"error: training diverged at step \d+: .*no checkpoint was saved yet.*", result.stderr.strip().splitlines()[-1]
+    )
     assert checkpoint_steps(tmp_path / "x") == {}
 
 
@@ -220,7 +243,20 @@ def test_divergence_before_any_checkpoint_says_so(tmp_path: Path) -> None:
 
 
 def start_training(out: Path, name: str, *extra: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "sagan_cli", "train", *TINY, "--save-every", "1", "--out", str(out), "--name", name, *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "sagan_cli",
+        "train",
+        *TINY,
+        "--save-every",
+        "1",
+        "--out",
+        str(out),
+        "--name",
+        name,
+        *extra,
+    ]
     log = (out / f"{name}.log").open("w")
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, env=ENV)
 
@@ -233,6 +269,7 @@ def wait_for_checkpoints(process: subprocess.Popen, run: Path, count: int, timeo
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # ~1 minute of real processes killed and resumed
 def test_kill_9_at_any_moment_then_resume_continues_from_the_last_complete_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "k"
     process = start_training(tmp_path, "k", "--max-steps", "500", "--keep", "2")
@@ -253,7 +290,10 @@ def test_kill_9_at_any_moment_then_resume_continues_from_the_last_complete_check
 
     result = subprocess.run(
         [sys.executable, "-m", "sagan_cli", "train", "--resume", str(run), "--max-steps", str(last + 2)],
-        capture_output=True, text=True, env=ENV, timeout=300,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert f"from step {last} (step_{last:06d}.safetensors)" in result.stderr
@@ -265,6 +305,7 @@ def test_kill_9_at_any_moment_then_resume_continues_from_the_last_complete_check
     assert logged == list(range(1, last + 3))
 
 
+@pytest.mark.slow  # ~1 minute of real processes signalled mid-run
 def test_sigint_and_sigterm_save_a_checkpoint_and_exit_130_and_143(tmp_path: Path) -> None:
     # Both runs at once: each waits mostly on its own interpreter start-up.
     cases = {"int": (signal.SIGINT, EXIT_SIGINT), "term": (signal.SIGTERM, EXIT_SIGTERM)}
@@ -282,7 +323,9 @@ def test_sigint_and_sigterm_save_a_checkpoint_and_exit_130_and_143(tmp_path: Pat
         run = tmp_path / name
         assert process.returncode == cases[name][1], (name, process.returncode)
         last_line = (tmp_path / f"{name}.log").read_text().strip().splitlines()[-1]
-        match = re.fullmatch(r"error: stopped at step (\d+); saved (\S+); continue with: sagan train --resume (\S+)", last_line)
+        match = re.fullmatch(
+            r"error: stopped at step (\d+); saved (\S+); continue with: sagan train --resume (\S+)", last_line
+        )
         assert match, last_line
         step, saved = int(match.group(1)), Path(match.group(2))
         assert saved == run / "checkpoints" / f"step_{step:06d}.safetensors" and Path(match.group(3)) == run
@@ -298,7 +341,9 @@ def test_only_safetensors_is_loaded_from_user_paths() -> None:
     """No unrestricted unpickling in our code: only torch.load(weights_only=True), for the (trusted) Inception
     weights and for checking metrics-cache files before torch-fidelity loads them."""
     package = Path(__file__).resolve().parent.parent / "sagan_cli"
-    unpicklers = re.compile(r"\b(torch\.load|torch\.jit\.load|pickle\.loads?|dill\.load|joblib\.load|numpy\.load|np\.load)\(")
+    unpicklers = re.compile(
+        r"\b(torch\.load|torch\.jit\.load|pickle\.loads?|dill\.load|joblib\.load|numpy\.load|np\.load)\("
+    )
     found = {}
     for source in sorted(package.rglob("*.py")):
         for number, line in enumerate(source.read_text().splitlines(), 1):

@@ -1,0 +1,162 @@
+"""Which run `train` works on: a new one from the given settings, or a saved one to resume.
+
+`resolve_new` and `resolve_resume` turn what the user asked for into a `RunPlan` (config, run
+directory, resume checkpoint); `open_run` checks the loaded data and creates or opens the run
+directory. Every check runs before anything on disk changes: a refused run leaves the old one
+(even with --force) and creates no directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import read_checkpoint_info
+from .config import RESUMABLE_OVERRIDES, TrainConfig, config_differences
+from .data import DATASETS, is_folder_dataset, native_shape
+from .errors import UsageError
+from .model import ModelConfig, check_image_shape, feature_resolutions
+from .rundir import RUNS_ROOT, RunDir, unique_run_path
+from .streaming import TrainingData
+from .train import check_training_data
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A resolved run: its config, its directory, and the checkpoint it continues from (None if new)."""
+
+    config: TrainConfig
+    path: Path
+    checkpoint: Path | None = None
+    force: bool = False
+
+
+def resolve_new(
+    given: dict[str, Any],
+    model_given: dict[str, Any],
+    conditional: bool | None = None,
+    name: str | None = None,
+    out: Path | None = None,
+    force: bool = False,
+    check_disk: bool = True,
+) -> RunPlan:
+    """A new run from TrainConfig fields (`given`) and ModelConfig fields (`model_given`) that were set.
+
+    Unset model fields follow the dataset's native shape. The run goes to out/name, or to a free
+    out/<dataset>-<attn|noattn>[-N]. `check_disk=False` (non-writing ranks) skips the folder checks.
+    """
+    config = _new_config(dict(given), model_given, conditional)
+    out = RUNS_ROOT if out is None else Path(out)
+    base = name or f"{Path(config.dataset).name or 'data'}-{'attn' if config.model.attention else 'noattn'}"
+    path = out / base if name else unique_run_path(out, base)
+    if check_disk:
+        RunDir.check_new(path, force)
+    return RunPlan(config, path, None, force)
+
+
+def _new_config(given: dict[str, Any], model_given: dict[str, Any], conditional: bool | None) -> TrainConfig:
+    dataset = given.get("dataset", TrainConfig().dataset)
+    channels, image_size, num_classes = native_shape(dataset)
+    if conditional is None:  # default: class-conditional whenever the data has labels (docs/results.md)
+        conditional = num_classes > 0
+    if conditional and num_classes == 0:
+        labelled = ", ".join(name for name, spec in DATASETS.items() if spec.num_classes)
+        raise UsageError(f"--conditional needs a labelled dataset ({labelled}); {dataset!r} has no labels")
+    model_values = {"image_size": image_size, "channels": channels, **model_given}
+    model_values["num_classes"] = num_classes if conditional else 0
+    try:
+        check_image_shape(model_values["image_size"], model_values["channels"], "--image-size", "--channels")
+        model = ModelConfig(**model_values)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    in_both = feature_resolutions(model.image_size)[1:-1]  # G's top map and D's bottom map exist in one net only
+    only_one = [r for r in model.active_attn_resolutions if r not in in_both]
+    if only_one:
+        raise UsageError(
+            f"--attn-res {only_one[0]}: at {model.image_size} px only one of G and D has a {only_one[0]}x{only_one[0]} "
+            f"feature map, and SAGAN puts attention in both; choose from {', '.join(map(str, in_both))}"
+        )
+    if is_folder_dataset(dataset):  # stored absolute: a resume from another working directory finds it
+        given["dataset"] = str(Path(dataset).expanduser().absolute())
+    return TrainConfig(**{**given, "model": model}).validate()
+
+
+def resolve_resume(
+    target: Path,
+    given: dict[str, Any],
+    model_given: dict[str, Any],
+    conditional: bool | None = None,
+    name: str | None = None,
+    out: Path | None = None,
+    force: bool = False,
+) -> RunPlan:
+    """The saved run that `target` (a run directory or one of its checkpoints) continues.
+
+    Settings that would change what is trained must agree with the run's config; the ones in
+    RESUMABLE_OVERRIDES (steps, intervals, device, data location) replace it.
+    """
+    if not target.exists():
+        raise UsageError(f"--resume {target}: no such run directory or checkpoint")
+    is_checkpoint = target.is_file() and target.suffix == ".safetensors"
+    if not (is_checkpoint or target.is_dir()):
+        raise UsageError(f"--resume {target}: pass a run directory or one of its .safetensors checkpoints")
+    run_path = target.parent.parent if is_checkpoint else target
+    run = RunDir(run_path)
+    saved = run.read_config()
+    checkpoint = target if is_checkpoint else run.latest_checkpoint()
+    if checkpoint is None:
+        raise UsageError(
+            f"--resume {target}: the run has no complete checkpoint yet; start it again with the same flags and --force"
+        )
+    requested = {k: v for k, v in given.items() if k not in RESUMABLE_OVERRIDES}
+    requested.update({f"model.{k}": v for k, v in model_given.items()})
+    if conditional is not None and conditional != (saved.model.num_classes > 0):
+        requested["model.num_classes"] = "conditional" if conditional else 0
+    differences = config_differences(saved, requested)
+    if differences:
+        listed = "; ".join(f"{key}: run has {old!r}, flags say {new!r}" for key, (old, new) in differences.items())
+        raise UsageError(f"--resume {run_path}: flags conflict with the run's config ({listed}); drop those flags")
+    overrides = {k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES}
+    if "max_steps" in overrides and "max_minutes" not in overrides:
+        overrides["max_minutes"] = None  # a new step budget alone replaces the run's time budget
+    config = saved.with_overrides(**overrides).validate()
+    _check_resume_step(config, run, checkpoint, force)
+    if name is not None and name != run_path.name:
+        raise UsageError(f"--name {name!r} conflicts with --resume {target}; drop --name")
+    if out is not None and Path(out).absolute() != run_path.absolute().parent:
+        raise UsageError(f"--out {out} conflicts with --resume {target}, whose run is in {run_path.parent}; drop --out")
+    return RunPlan(config, run_path, checkpoint, force)
+
+
+def _check_resume_step(config: TrainConfig, run: RunDir, checkpoint: Path, force: bool) -> None:
+    """The checkpoint's step must lie below --max-steps, and continuing must not delete later checkpoints unasked."""
+    info = read_checkpoint_info(checkpoint)
+    minutes = info.train_seconds / 60
+    out_of_time = config.max_minutes is not None and config.max_minutes <= minutes
+    if checkpoint.name == "final.safetensors" and (config.max_steps <= info.step or out_of_time):
+        raise UsageError(
+            f"{run.path} already finished at step {info.step} after {minutes:.3g} minutes of training; "
+            "pass a larger --max-steps or --max-minutes to train on"
+        )
+    if config.max_steps < info.step:
+        raise UsageError(
+            f"--max-steps {config.max_steps} is below the checkpoint's step {info.step} ({checkpoint}); raise it"
+        )
+    later = run.checkpoints_after(info.step)
+    if later and not force:
+        raise UsageError(
+            f"--resume {checkpoint}: the run has later checkpoints ({', '.join(p.name for p in later)}) that continuing "
+            f"from step {info.step} would delete; pass --force to drop them, or copy the run first"
+        )
+
+
+def open_run(plan: RunPlan, data: TrainingData, writer: bool = True) -> RunDir:
+    """Check the loaded data against the plan, then create the new run directory (or open the resumed one).
+
+    The last refusal point: creating a new run replaces an old one of the same name (with --force).
+    """
+    check_training_data(plan.config, data, plan.checkpoint)
+    if plan.checkpoint is None:
+        return RunDir.create(plan.path, plan.config, force=plan.force, enabled=writer)
+    return RunDir(plan.path, enabled=writer)
