@@ -37,13 +37,17 @@ def run_checkpoints(run: Path) -> list[Path]:
     return sorted(paths, key=lambda p: read_checkpoint_info(p).step)
 
 
-def score_runs(runs: list[Path], num_samples: int, extractor: str, seed: int) -> list[dict[str, object]]:
-    """One row per checkpoint: run, step, training seconds and the three metrics."""
+def score_runs(
+    runs: list[Path], num_samples: int, extractor: str, seed: int, final_only: bool = False, stride: int = 1
+) -> list[dict[str, object]]:
+    """One row per checkpoint (every `stride`-th and the last, or the last alone): run, step, training seconds, metrics."""
     rows = []
     options = EvalOptions(num_samples=num_samples, extractor=extractor, seed=seed)
     with cache_root(True) as cache_folder:
         for run in runs:
-            for checkpoint in run_checkpoints(run):
+            paths = run_checkpoints(run)
+            chosen = paths[-1:] if final_only else [p for i, p in enumerate(paths) if (i + 1) % stride == 0 or i == len(paths) - 1]
+            for checkpoint in chosen:
                 result = evaluate_checkpoint(checkpoint, options, cache_folder, lambda m: print(m, file=sys.stderr))
                 rows.append(
                     {

@@ -17,6 +17,7 @@ from .model import ModelConfig
 RESUMABLE_OVERRIDES = frozenset(
     {
         "max_steps",
+        "max_minutes",
         "save_every",
         "sample_every",
         "log_every",
@@ -73,13 +74,16 @@ class TrainConfig:
         "auto"  # image folders and celeba: memory (preload), stream (decode per batch), auto (by free memory)
     )
     data_workers: int = 2  # DataLoader worker processes when streaming (0: decode in the training process)
-    max_steps: int = 2000  # ~16 minutes at ~140 img/s on a 2-core CPU; FID still falling there (docs/results.md)
+    max_steps: int = 2500  # the default run: D width 32 makes a step ~1.9x cheaper, so more steps fit (docs/results.md)
+    max_minutes: float | None = None  # time budget: stop at the first step past this much training time (total over resumes)
     batch_size: int = 64
-    lr_g: float = 1e-4  # TTUR, as in the paper: D learns 4x faster than G
+    lr_g: float = 1e-4  # TTUR, as in the paper; a faster G (2e-4, 4e-4) collapsed within each class (docs/results.md)
     lr_d: float = 4e-4
     beta1: float = 0.0
     beta2: float = 0.9
     d_steps: int = 1
+    lr_decay: float = 0.0  # fraction of the run at its end over which both learning rates fall linearly to 0
+    augment: str = "none"  # DiffAugment of D's inputs: none or translation
     ema: bool = True
     ema_decay: float = 0.999
     ema_start: int = 0
@@ -150,6 +154,14 @@ class TrainConfig:
             value = getattr(self, name)
             if not 0 <= value < 1:
                 raise UsageError(f"--{name} must be in [0, 1), got {value}")
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
+            raise UsageError(f"--max-minutes must be a positive number of minutes, got {self.max_minutes}")
+        if not 0 <= self.lr_decay <= 1:
+            raise UsageError(f"--lr-decay must be in [0, 1] (the fraction of the run that decays), got {self.lr_decay}")
+        from .augment import AUGMENTATIONS
+
+        if self.augment not in AUGMENTATIONS:
+            raise UsageError(f"--augment {self.augment!r} is unknown; use one of {', '.join(AUGMENTATIONS)}")
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.data_mode not in ("auto", "memory", "stream"):
@@ -189,6 +201,8 @@ def check_field_types(cls: type, data: dict[str, Any]) -> None:
         if f.name not in data or f.name == "model":
             continue
         value, default = data[f.name], getattr(defaults, f.name)
+        if default is None and "float" in str(f.type):  # an optional number (max_minutes)
+            default = None if value is None else 0.0
         if not _has_type_of(value, default):
             raise ValueError(f"config key {f.name!r} has the wrong type: {str(value)[:40]!r}")
 

@@ -35,7 +35,7 @@ class RunPlan:
 def resolve_new(
     given: dict[str, Any],
     model_given: dict[str, Any],
-    conditional: bool = False,
+    conditional: bool | None = None,
     name: str | None = None,
     out: Path | None = None,
     force: bool = False,
@@ -55,9 +55,11 @@ def resolve_new(
     return RunPlan(config, path, None, force)
 
 
-def _new_config(given: dict[str, Any], model_given: dict[str, Any], conditional: bool) -> TrainConfig:
+def _new_config(given: dict[str, Any], model_given: dict[str, Any], conditional: bool | None) -> TrainConfig:
     dataset = given.get("dataset", TrainConfig().dataset)
     channels, image_size, num_classes = native_shape(dataset)
+    if conditional is None:  # default: class-conditional whenever the data has labels (docs/results.md)
+        conditional = num_classes > 0
     if conditional and num_classes == 0:
         labelled = ", ".join(name for name, spec in DATASETS.items() if spec.num_classes)
         raise UsageError(f"--conditional needs a labelled dataset ({labelled}); {dataset!r} has no labels")
@@ -116,6 +118,8 @@ def resolve_resume(
         listed = "; ".join(f"{key}: run has {old!r}, flags say {new!r}" for key, (old, new) in differences.items())
         raise UsageError(f"--resume {run_path}: flags conflict with the run's config ({listed}); drop those flags")
     overrides = {k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES}
+    if "max_steps" in overrides and "max_minutes" not in overrides:
+        overrides["max_minutes"] = None  # a new step budget alone replaces the run's time budget
     config = saved.with_overrides(**overrides).validate()
     _check_resume_step(config, run, checkpoint, force)
     if name is not None and name != run_path.name:
@@ -128,8 +132,13 @@ def resolve_resume(
 def _check_resume_step(config: TrainConfig, run: RunDir, checkpoint: Path, force: bool) -> None:
     """The checkpoint's step must lie below --max-steps, and continuing must not delete later checkpoints unasked."""
     info = read_checkpoint_info(checkpoint)
-    if checkpoint.name == "final.safetensors" and config.max_steps <= info.step:
-        raise UsageError(f"{run.path} already finished at step {info.step}; pass a larger --max-steps to train on")
+    minutes = info.train_seconds / 60
+    out_of_time = config.max_minutes is not None and config.max_minutes <= minutes
+    if checkpoint.name == "final.safetensors" and (config.max_steps <= info.step or out_of_time):
+        raise UsageError(
+            f"{run.path} already finished at step {info.step} after {minutes:.3g} minutes of training; "
+            "pass a larger --max-steps or --max-minutes to train on"
+        )
     if config.max_steps < info.step:
         raise UsageError(
             f"--max-steps {config.max_steps} is below the checkpoint's step {info.step} ({checkpoint}); raise it"

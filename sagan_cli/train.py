@@ -22,6 +22,7 @@ from typing import Protocol
 import torch
 
 from . import distributed
+from .augment import augment
 from .checkpoint import load_module_state, load_optimizer_state, read_checkpoint_info, save_checkpoint
 from .config import TrainConfig
 from .data import to_model_range
@@ -37,6 +38,7 @@ from .sampling import generate, sample_latents
 from .streaming import IndexFn, RealBatch, TrainingData, real_batches
 from .train_hooks import TrainingHooks, build_hooks
 
+STREAM_AUGMENT = 1  # a step's augmentation draws (D step, then G step)
 STREAM_LATENTS = 0  # a step's latents, then its fake labels, come from this stream
 PREVIEW_SAMPLES = 64
 
@@ -247,6 +249,7 @@ def train_step(
     loss = get_loss(config.loss)
     memory_format = preferred_memory_format(device)
     conditional = model.num_classes > 0
+    _set_learning_rates(state, config)
     shard = setup.world.shard(config.batch_size)
     n = shard.stop - shard.start  # this rank's images per batch
     if batches is None:
@@ -276,8 +279,10 @@ def train_step(
         with torch.set_grad_enabled(keep_graph), setup.precision.autocast():
             fake = G(z, fake_labels)  # (n, C, S, S)
         labels = None if real_labels is None or fake_labels is None else torch.cat([real_labels, fake_labels])
+        augment_rng = step_generator(config.seed, state.step * config.d_steps + d_step, STREAM_AUGMENT)
+        both = augment(torch.cat([real, fake.detach().to(real.dtype)]), config.augment, augment_rng)  # (2n, C, S, S)
         with setup.precision.autocast():
-            scores = D(torch.cat([real, fake.detach().to(real.dtype)]), labels).float()  # (2n,): one D pass for both
+            scores = D(both.contiguous(memory_format=memory_format), labels).float()  # (2n,): one D pass for both
         d_real, d_fake = scores[:n], scores[n:]
         loss_d = loss.discriminator(d_real, d_fake)
         state.optimizer_d.zero_grad(set_to_none=True)
@@ -287,7 +292,8 @@ def train_step(
     # not, or DDP would reduce them outside its D step); gradients flow through D into G's DDP.
     state.discriminator.requires_grad_(False)  # the G step needs gradients w.r.t. D's input only
     with setup.precision.autocast():
-        scores_g = state.discriminator(fake, fake_labels).float()  # (n,)
+        seen = augment(fake, config.augment, augment_rng).contiguous(memory_format=memory_format)  # (n, C, S, S)
+        scores_g = state.discriminator(seen, fake_labels).float()  # (n,)
     loss_g = loss.generator(scores_g)
     state.optimizer_g.zero_grad(set_to_none=True)
     backward_and_step(loss_g, state.optimizer_g, setup.scaler_g)
@@ -302,6 +308,31 @@ def train_step(
         "d_real": d_real.detach().mean(),
         "d_fake": d_fake.detach().mean(),
     }
+
+
+def run_progress(state: TrainState, config: TrainConfig) -> float:
+    """How far the run is, 0..1: by steps, or by training time when a --max-minutes budget ends it sooner."""
+    progress = state.step / config.max_steps
+    if config.max_minutes is not None:
+        progress = max(progress, state.train_seconds / (config.max_minutes * 60))
+    return min(progress, 1.0)
+
+
+def _set_learning_rates(state: TrainState, config: TrainConfig) -> None:
+    """Linear decay to 0 over the last `lr_decay` of the run (the constant rates before it)."""
+    if config.lr_decay <= 0:
+        return
+    factor = min(1.0, (1.0 - run_progress(state, config)) / config.lr_decay)
+    for optimizer, lr in ((state.optimizer_g, config.lr_g), (state.optimizer_d, config.lr_d)):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * factor
+
+
+def training_done(state: TrainState, config: TrainConfig) -> bool:
+    """True once the run reached --max-steps or spent its --max-minutes of training time (over all resumes)."""
+    if state.step >= config.max_steps:
+        return True
+    return config.max_minutes is not None and state.train_seconds >= config.max_minutes * 60
 
 
 class RankAgreement:
@@ -451,6 +482,9 @@ def train(
     `data` must have passed check_training_data (runs.open_run checks it before creating `run`).
     """
     distributed.check_global_batch(config.batch_size, distributed.current_world())
+    if config.max_minutes is not None and distributed.current_world().distributed:
+        # Each rank measures its own time, so ranks could stop at different steps and hang the others.
+        raise UsageError("--max-minutes is not supported under torchrun; give the run a --max-steps instead")
     state = build_state(config, device)
     with distributed.failures_as_errors():  # a peer that died: one line, not DDP's traceback
         setup = prepare_step(state, config, device)  # DDP broadcasts rank 0's weights here
@@ -512,13 +546,15 @@ def _train_loop(
         reporter.log,
     )
     try:
-        while state.step < config.max_steps:
+        while not training_done(state, config):
             step_start = time.perf_counter()
             losses, stopping = agree(train_step(state, data, config, device, batches), stop)  # global-batch losses
             watch.update(state.step, losses)
             state.train_seconds += time.perf_counter() - step_start
             window_steps += 1
-            last = state.step == config.max_steps
+            last = training_done(state, config)
+            if last and state.step < config.max_steps:
+                reporter.log(f"time budget of {config.max_minutes:g} minutes reached at step {state.step}")
             if (
                 last
                 or stopping
@@ -527,7 +563,7 @@ def _train_loop(
             ):
                 watch.check(last_checkpoint)  # before anything is logged, drawn, scored or saved
             logged, grid = None, None
-            if state.step % config.log_every == 0 or state.step == config.max_steps:
+            if state.step % config.log_every == 0 or last:
                 now = time.perf_counter()
                 stats = {k: float(v) for k, v in losses.items()}
                 stats["images_per_second"] = (
@@ -539,7 +575,7 @@ def _train_loop(
                 run.append_metrics(logged)
                 reporter.step(state.step, {**stats, **gammas})
                 window_start, window_steps = now, 0
-            if run.enabled and (state.step % config.sample_every == 0 or state.step == config.max_steps):
+            if run.enabled and (state.step % config.sample_every == 0 or last):
                 grid = preview_grid(state, config)
                 run.write_sample_grid(state.step, grid, {"step": str(state.step), "seed": str(config.seed)})
             hooks_start = time.perf_counter()
@@ -549,11 +585,11 @@ def _train_loop(
             if grid is not None:  # after the hooks (evaluation), and like them kept out of images/s
                 run.write_curves()
             window_start += time.perf_counter() - hooks_start  # evaluation is not training: kept out of images/s
-            if state.step % config.save_every == 0 and state.step < config.max_steps:
+            if state.step % config.save_every == 0 and not last:
                 last_checkpoint = save_training_checkpoint(state, config, run, run.step_name(state.step), data)
                 saved_step = state.step
                 run.prune_checkpoints(config.keep)
-            if stopping and state.step < config.max_steps:
+            if stopping and not last:
                 break  # a signal during the last step changes nothing: the final checkpoint follows
     except KeyboardInterrupt:
         # Raised mid-step (no graceful handler installed, or a second Ctrl-C): the state may be
@@ -562,7 +598,7 @@ def _train_loop(
         raise Interrupted(f"interrupted at step {state.step} without saving; {kept}", EXIT_SIGINT) from None
     finally:
         batches.close()  # stops a streaming loader's worker processes now, not at garbage collection
-    if state.step < config.max_steps:  # stopped by a signal: save (unless this step just was) and say how to go on
+    if not training_done(state, config):  # stopped by a signal: save (unless this step just was) and say how to go on
         if saved_step != state.step:
             last_checkpoint = save_training_checkpoint(state, config, run, run.step_name(state.step), data)
             run.prune_checkpoints(config.keep)

@@ -80,16 +80,28 @@ def test_no_ema_and_truncation_change_the_images(tiny_checkpoint: Path, tmp_path
     assert len(set(outputs.values())) == 3
 
 
-def test_conditional_training_and_class_sampling(tmp_path: Path) -> None:
-    result = run_cli("train", *TINY_TRAIN_FLAGS, "--conditional", "--out", tmp_path, "--name", "cond")
+def test_labelled_data_trains_class_conditional_by_default_and_samples_by_class(tmp_path: Path) -> None:
+    result = run_cli("train", *TINY_TRAIN_FLAGS, "--out", tmp_path, "--name", "cond")  # no --conditional needed
     assert result.exit_code == 0, result.stderr
     checkpoint = Path(result.stdout.strip())
     assert read_checkpoint_info(checkpoint).model.num_classes == 10
+    assert "--no-conditional" in run_cli("train", "--help").stdout
     seven, three = tmp_path / "7.png", tmp_path / "3.png"
     assert run_cli("sample", checkpoint, "-n", "4", "--class", "7", "-o", seven).exit_code == 0
     assert run_cli("sample", checkpoint, "-n", "4", "--class", "3", "-o", three).exit_code == 0
     assert Image.open(seven).text["class"] == "7"
     assert seven.read_bytes() != three.read_bytes()
+    # Without --class every image gets its own class, drawn uniformly from the seed's label stream.
+    from sagan_cli.sampling import sample_labels
+
+    labels = sample_labels(10000, 10, seed=0)
+    assert labels is not None and torch.bincount(labels, minlength=10).min() > 900
+
+
+def test_no_conditional_trains_an_unconditional_model_on_labelled_data(tmp_path: Path) -> None:
+    result = run_cli("train", *TINY_TRAIN_FLAGS, "--max-steps", "1", "--no-conditional", "--out", tmp_path, "--name", "u")
+    assert result.exit_code == 0, result.stderr
+    assert read_checkpoint_info(Path(result.stdout.strip())).model.num_classes == 0
 
 
 def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
@@ -179,6 +191,7 @@ def test_train_on_an_image_folder(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     info = read_checkpoint_info(Path(result.stdout.strip()))
     assert (info.model.image_size, info.model.channels, info.model.attn_resolutions) == (32, 3, (16,))
+    assert info.model.num_classes == 0  # a folder has no labels: unconditional by default, without error
 
 
 def test_help_version_and_module_entry_point() -> None:

@@ -82,7 +82,10 @@ def train(
     ),
     attn_res: str | None = typer.Option(None, "--attn-res", help=ATTN_RES_HELP),
     conditional: bool | None = typer.Option(
-        None, "--conditional", help="Class-conditional: conditional BN in G, projection D"
+        None,
+        "--conditional/--no-conditional",
+        help="Class-conditional (conditional BN in G, projection D); "
+        "default: on for labelled datasets (mnist, fashion-mnist, cifar10), off for folders",
     ),
     image_size: int | None = typer.Option(
         None, "--image-size", help=f"One of {', '.join(map(str, SUPPORTED_IMAGE_SIZES))} (default: the dataset's)"
@@ -92,12 +95,27 @@ def train(
     g_width: int | None = typer.Option(None, "--g-width", help=f"Generator width (default: {MODEL_DEFAULTS.g_width})"),
     d_width: int | None = typer.Option(None, "--d-width", help=D_WIDTH_HELP),
     max_steps: int | None = typer.Option(None, "--max-steps", help=f"Training iterations {_default('max_steps')}"),
+    max_minutes: float | None = typer.Option(
+        None,
+        "--max-minutes",
+        help="Time budget: stop with a final checkpoint at the first step past M minutes of training "
+        "(with --resume: a new total budget; --max-steps alone lifts it) (default: none)",
+    ),
     batch_size: int | None = typer.Option(None, "--batch-size", "-b", help=_default("batch_size")),
     lr_g: float | None = typer.Option(None, "--lr-g", help=f"Generator Adam learning rate {_default('lr_g')}"),
     lr_d: float | None = typer.Option(None, "--lr-d", help=f"Discriminator Adam learning rate {_default('lr_d')}"),
     beta1: float | None = typer.Option(None, "--beta1", help=_default("beta1")),
     beta2: float | None = typer.Option(None, "--beta2", help=_default("beta2")),
     d_steps: int | None = typer.Option(None, "--d-steps", help=f"D updates per G update {_default('d_steps')}"),
+    lr_decay: float | None = typer.Option(
+        None,
+        "--lr-decay",
+        help="Fraction of the run (steps, or minutes with --max-minutes) at its end over which both learning "
+        f"rates fall linearly to 0 {_default('lr_decay')}",
+    ),
+    augment: str | None = typer.Option(
+        None, "--augment", help=f"Augment D's real and fake inputs alike: none or translation {_default('augment')}"
+    ),
     ema: bool | None = typer.Option(None, "--ema/--no-ema", help="Keep an EMA copy of G for sampling (default: ema)"),
     ema_decay: float | None = typer.Option(None, "--ema-decay", help=_default("ema_decay")),
     seed: int | None = typer.Option(None, "--seed", help=f"Seed of every random draw {_default('seed')}"),
@@ -198,7 +216,7 @@ def train(
         plan = resolve_resume(resume, given, model_given, conditional, name, out, force)
     else:
         plan = resolve_new(
-            given, model_given, bool(conditional), name, out, force, check_disk=writer and not print_config
+            given, model_given, conditional, name, out, force, check_disk=writer and not print_config
         )
     config = plan.config
     if config_file is not None:
