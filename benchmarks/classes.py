@@ -73,7 +73,9 @@ def main() -> None:
         shares = " ".join(f"{100 * p:.1f}" for p in report["class_shares"])  # type: ignore[union-attr]
         line = f"{checkpoint}: step {report['step']}, shares % [{shares}], entropy {report['class_entropy_bits']} bits"
         if report["conditional"]:
-            line += f", accuracy {100 * report['accuracy']:.2f}% (worst class {100 * report['min_class_accuracy']:.2f}%)"
+            line += (
+                f", accuracy {100 * report['accuracy']:.2f}% (worst class {100 * report['min_class_accuracy']:.2f}%)"
+            )
         print(line, file=sys.stderr)
 
 

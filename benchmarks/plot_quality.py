@@ -55,7 +55,7 @@ def main() -> None:
     labels = args.labels.split(",") if args.labels else variants
     fig, (ax_fid, ax_is) = plt.subplots(1, 2, figsize=(10, 3.8))
     styles = ["-", "--", ":"]
-    for colour, (variant, label) in enumerate(zip(variants, labels)):
+    for colour, (variant, label) in enumerate(zip(variants, labels, strict=True)):
         runs = sorted((r for r in records if r["variant"] == variant), key=lambda r: r["seed"])
         for i, record in enumerate(runs):
             rows = record["rows"]

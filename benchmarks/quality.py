@@ -46,7 +46,11 @@ def score_runs(
     with cache_root(True) as cache_folder:
         for run in runs:
             paths = run_checkpoints(run)
-            chosen = paths[-1:] if final_only else [p for i, p in enumerate(paths) if (i + 1) % stride == 0 or i == len(paths) - 1]
+            chosen = (
+                paths[-1:]
+                if final_only
+                else [p for i, p in enumerate(paths) if (i + 1) % stride == 0 or i == len(paths) - 1]
+            )
             for checkpoint in chosen:
                 result = evaluate_checkpoint(checkpoint, options, cache_folder, lambda m: print(m, file=sys.stderr))
                 rows.append(

@@ -27,8 +27,8 @@ from pathlib import Path
 from _common import machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from classes import class_report  # noqa: E402
-from quality import score_runs  # noqa: E402
+from classes import class_report
+from quality import score_runs
 
 COND = ["--dataset", "mnist", "--conditional", "--attention"]
 UNCOND = ["--dataset", "mnist", "--no-conditional", "--attention"]
@@ -40,7 +40,19 @@ VARIANTS: dict[str, list[str]] = {
     "d32-lr2": [*COND, "--d-width", "32", "--lr-g", "2e-4", "--lr-d", "4e-4"],
     "d32-lr22": [*COND, "--d-width", "32", "--lr-g", "2e-4", "--lr-d", "2e-4"],
     "d32-adam05": [*COND, "--d-width", "32", "--lr-g", "2e-4", "--lr-d", "2e-4", "--beta1", "0.5", "--beta2", "0.999"],
-    "d32-adam05-lr4": [*COND, "--d-width", "32", "--lr-g", "2e-4", "--lr-d", "4e-4", "--beta1", "0.5", "--beta2", "0.999"],
+    "d32-adam05-lr4": [
+        *COND,
+        "--d-width",
+        "32",
+        "--lr-g",
+        "2e-4",
+        "--lr-d",
+        "4e-4",
+        "--beta1",
+        "0.5",
+        "--beta2",
+        "0.999",
+    ],
     "d64-adam05": [*COND, "--d-width", "64", "--lr-g", "2e-4", "--lr-d", "2e-4", "--beta1", "0.5", "--beta2", "0.999"],
     "d64-lr2": [*COND, "--d-width", "64", "--lr-g", "2e-4", "--lr-d", "4e-4"],
     "d32-lr44": [*COND, "--d-width", "32", "--lr-g", "4e-4", "--lr-d", "4e-4"],
@@ -68,8 +80,23 @@ def train_variant(name: str, seed: int, minutes: float, out: Path, save_every: i
         command = ["sagan", "train", "--resume", str(run), *common]
     else:
         command = [
-            "sagan", "train", *VARIANTS[name], "--seed", str(seed), *common, "--save-every", str(save_every),
-            "--keep", "1000", "--sample-every", str(save_every), "--no-download", "--out", str(out), "--name", run.name,
+            "sagan",
+            "train",
+            *VARIANTS[name],
+            "--seed",
+            str(seed),
+            *common,
+            "--save-every",
+            str(save_every),
+            "--keep",
+            "1000",
+            "--sample-every",
+            str(save_every),
+            "--no-download",
+            "--out",
+            str(out),
+            "--name",
+            run.name,
         ]
     print("+", " ".join(command), file=sys.stderr, flush=True)
     result = subprocess.run(command, env={**os.environ}, stdout=subprocess.DEVNULL)
@@ -91,7 +118,9 @@ def main() -> None:
     parser.add_argument("--final-only", action="store_true", help="score only each run's last checkpoint")
     parser.add_argument("--stride", type=int, default=1, help="score every N-th checkpoint (and the last)")
     stage = parser.add_mutually_exclusive_group()
-    stage.add_argument("--train-only", action="store_true", help="train, score later (scores do not depend on the core)")
+    stage.add_argument(
+        "--train-only", action="store_true", help="train, score later (scores do not depend on the core)"
+    )
     stage.add_argument("--score-only", action="store_true", help="score runs trained earlier with --train-only")
     args = parser.parse_args()
     for seed in (int(s) for s in args.seeds.split(",")):
@@ -107,9 +136,15 @@ def main() -> None:
             final = run / "checkpoints" / "final.safetensors"
             classes = class_report(final, args.num_samples) if final.exists() else None
             record = {
-                "variant": name, "seed": seed, "flags": VARIANTS[name], "minutes_budget": args.minutes,
-                "omp_threads": os.environ.get("OMP_NUM_THREADS"), "rows": rows, "classes": classes,
-                "wall_seconds": round(time.time() - started, 1), "machine": machine(),
+                "variant": name,
+                "seed": seed,
+                "flags": VARIANTS[name],
+                "minutes_budget": args.minutes,
+                "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+                "rows": rows,
+                "classes": classes,
+                "wall_seconds": round(time.time() - started, 1),
+                "machine": machine(),
             }
             results = json.loads(args.results.read_text()) if args.results.exists() else []
             results = [r for r in results if (r["variant"], r["seed"]) != (name, seed)] + [record]
@@ -120,7 +155,8 @@ def main() -> None:
             print(
                 f"{name} seed {seed}: final step {last['step']} at {last['train_minutes']} min FID {last['FID']:.2f} "
                 f"IS {last['IS']:.2f}; best FID {best['FID']:.2f} at step {best['step']}",
-                file=sys.stderr, flush=True,
+                file=sys.stderr,
+                flush=True,
             )
 
 

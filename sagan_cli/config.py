@@ -74,8 +74,10 @@ class TrainConfig:
         "auto"  # image folders and celeba: memory (preload), stream (decode per batch), auto (by free memory)
     )
     data_workers: int = 2  # DataLoader worker processes when streaming (0: decode in the training process)
-    max_steps: int = 2500  # the default run: D width 32 makes a step ~1.9x cheaper, so more steps fit (docs/results.md)
-    max_minutes: float | None = None  # time budget: stop at the first step past this much training time (total over resumes)
+    max_steps: int = 2000  # ~16 minutes at ~130 img/s on a 2-core CPU (docs/results.md)
+    max_minutes: float | None = (
+        None  # time budget: stop at the first step past this much training time (total over resumes)
+    )
     batch_size: int = 64
     lr_g: float = 1e-4  # TTUR, as in the paper; a faster G (2e-4, 4e-4) collapsed within each class (docs/results.md)
     lr_d: float = 4e-4

@@ -59,14 +59,15 @@ def default_attention_resolutions(image_size: int) -> tuple[int, ...]:
 
 
 def default_d_width(image_size: int) -> int:
-    """D width when none is given: 32 at every size (docs/results.md, "How the defaults were chosen").
+    """D width when none is given: 64 up to 32 px, 32 from 64 px on (docs/results.md, "D width at 64 px").
 
-    D does most of a step's work. At 64 px width 64 made D 4x G's parameters and the step 2.1x
-    slower for worse digits in the same hour; at 28 px, with today's position-aware head, width 32
-    trains 1.9x faster than 64 and reached better digits in the same 8 minutes (FID 39 vs 47 with
-    the old learning rates). Configs store the resolved width, so older runs keep theirs.
+    From 64 px D has a block more, and width 64 made it 4x G's parameters and the training step 2.1x
+    slower; in the same training time width 32 reached digits-FID 10.0 where width 64 reached 22.5
+    (MNIST at 64 px). At 28 px width 32 trains 1.9x faster and wins the first 13 minutes on one thread
+    (docs/results.md, issue 12), but was not measured over the full default run, where width 64 is
+    the one with a measured result (digits-FID 4.9 conditional), so 64 stays the default there.
     """
-    return 32
+    return 64 if image_size <= 32 else 32
 
 
 @dataclass(frozen=True)

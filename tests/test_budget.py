@@ -5,18 +5,30 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sagan_cli.checkpoint import read_checkpoint_info
-from sagan_cli.errors import EXIT_USAGE
-
 from conftest import TINY_TRAIN_FLAGS, run_cli
 from test_cli_errors import assert_one_error
+
+from sagan_cli.checkpoint import read_checkpoint_info
+from sagan_cli.errors import EXIT_USAGE
 
 # 0.0001 minutes (6 ms) is over after the first step of even the tiny model.
 TINY_BUDGET = "0.0001"
 
 
 def train_with_budget(out: Path, *extra: str):
-    return run_cli("train", *TINY_TRAIN_FLAGS, "--max-steps", "50", "--max-minutes", TINY_BUDGET, *extra, "--out", out, "--name", "b")
+    return run_cli(
+        "train",
+        *TINY_TRAIN_FLAGS,
+        "--max-steps",
+        "50",
+        "--max-minutes",
+        TINY_BUDGET,
+        *extra,
+        "--out",
+        out,
+        "--name",
+        "b",
+    )
 
 
 def test_max_minutes_stops_at_the_first_step_past_the_budget_with_a_final_checkpoint(tmp_path: Path) -> None:

@@ -99,7 +99,9 @@ def test_labelled_data_trains_class_conditional_by_default_and_samples_by_class(
 
 
 def test_no_conditional_trains_an_unconditional_model_on_labelled_data(tmp_path: Path) -> None:
-    result = run_cli("train", *TINY_TRAIN_FLAGS, "--max-steps", "1", "--no-conditional", "--out", tmp_path, "--name", "u")
+    result = run_cli(
+        "train", *TINY_TRAIN_FLAGS, "--max-steps", "1", "--no-conditional", "--out", tmp_path, "--name", "u"
+    )
     assert result.exit_code == 0, result.stderr
     assert read_checkpoint_info(Path(result.stdout.strip())).model.num_classes == 0
 

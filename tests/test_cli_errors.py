@@ -47,7 +47,19 @@ def resumable_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 3-step unconditional run with periodic checkpoints at steps 1 and 2."""
     out = tmp_path_factory.mktemp("resumable")
     result = run_cli(
-        "train", *TINY, "--no-conditional", "--max-steps", "3", "--save-every", "1", "--keep", "5", "--out", out, "--name", "r"
+        "train",
+        *TINY,
+        "--no-conditional",
+        "--max-steps",
+        "3",
+        "--save-every",
+        "1",
+        "--keep",
+        "5",
+        "--out",
+        out,
+        "--name",
+        "r",
     )
     assert result.exit_code == 0, result.stderr
     return out / "r"

@@ -54,12 +54,12 @@ def test_attention_placement_follows_resolution() -> None:
     assert ModelConfig(image_size=28).attn_resolutions == (14,)
 
 
-def test_default_d_width_is_stored_resolved_so_older_runs_keep_theirs() -> None:
-    # 32 at every size since issue 12 (docs/results.md); runs made when 28 px defaulted to 64 stored 64.
-    assert [ModelConfig(image_size=s).d_width for s in (28, 32, 64, 128, 256)] == [32, 32, 32, 32, 32]
+def test_default_d_width_follows_image_size_and_is_stored_resolved() -> None:
+    # 64 up to 32 px (the width with a measured full-length default run), 32 from 64 px on (docs/results.md).
+    assert [ModelConfig(image_size=s).d_width for s in (28, 32, 64, 128, 256)] == [64, 64, 32, 32, 32]
     assert ModelConfig(image_size=64, d_width=64).d_width == 64  # --d-width wins
-    old = ModelConfig(image_size=28, d_width=64)
-    assert ModelConfig.from_json(old.to_json()).d_width == 64
+    narrow = ModelConfig(image_size=28, d_width=32)
+    assert ModelConfig.from_json(narrow.to_json()).d_width == 32
     config = ModelConfig(image_size=64)
     assert '"d_width": 32' in config.to_json()  # checkpoints hold the number, not "default"
     assert ModelConfig.from_json(config.to_json()) == config

@@ -6,26 +6,27 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_TRAIN_FLAGS, run_cli
+from test_cli_errors import assert_one_error
 
 from sagan_cli.augment import translate
 from sagan_cli.checkpoint import read_checkpoint_info
 from sagan_cli.errors import EXIT_USAGE
-
-from conftest import TINY_TRAIN_FLAGS, run_cli
-from test_cli_errors import assert_one_error
 
 
 def test_translation_shifts_each_image_whole_and_repeats_its_edges() -> None:
     images = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
     shifted = translate(images, torch.Generator().manual_seed(0))
     assert shifted.shape == images.shape
-    for original, moved in zip(images, shifted):
+    for original, moved in zip(images, shifted, strict=True):
         # Some shift (dy, dx) in [-1, 1]^2 (1/8 of 8 px) with clamped indices reproduces the output exactly.
         matches = [
             (dy, dx)
             for dy in (-1, 0, 1)
             for dx in (-1, 0, 1)
-            if torch.equal(moved, original[:, (torch.arange(8) - dy).clamp(0, 7)][:, :, (torch.arange(8) - dx).clamp(0, 7)])
+            if torch.equal(
+                moved, original[:, (torch.arange(8) - dy).clamp(0, 7)][:, :, (torch.arange(8) - dx).clamp(0, 7)]
+            )
         ]
         assert matches
 
@@ -50,8 +51,12 @@ def test_lr_decay_ends_at_zero_and_augmented_training_runs(tmp_path: Path) -> No
 
 
 def test_bad_values_of_the_new_options_are_refused(tmp_path: Path) -> None:
-    assert_one_error(run_cli("train", *TINY_TRAIN_FLAGS, "--lr-decay", "1.5", "--out", tmp_path), EXIT_USAGE, "--lr-decay")
-    assert_one_error(run_cli("train", *TINY_TRAIN_FLAGS, "--augment", "flip", "--out", tmp_path), EXIT_USAGE, "--augment 'flip'")
+    assert_one_error(
+        run_cli("train", *TINY_TRAIN_FLAGS, "--lr-decay", "1.5", "--out", tmp_path), EXIT_USAGE, "--lr-decay"
+    )
+    assert_one_error(
+        run_cli("train", *TINY_TRAIN_FLAGS, "--augment", "flip", "--out", tmp_path), EXIT_USAGE, "--augment 'flip'"
+    )
     assert list(tmp_path.iterdir()) == []
 
 

@@ -20,7 +20,13 @@ Ema = Annotated[bool, typer.Option("--ema/--no-ema", help="Use the EMA generator
 Truncation = Annotated[
     float, typer.Option("--truncation", help="Scale latents by T in (0, 1]: lower = cleaner, less varied")
 ]
-ClassIndex = Annotated[int | None, typer.Option("--class", help="Class to draw (conditional models only; default: each image gets a class drawn uniformly from its seed)")]
+ClassIndex = Annotated[
+    int | None,
+    typer.Option(
+        "--class",
+        help="Class to draw (conditional models only; default: each image gets a class drawn uniformly from its seed)",
+    ),
+]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing output files")]
 CheckpointArg = Annotated[Path, typer.Argument(help="A .safetensors checkpoint written by sagan train")]
 

@@ -215,9 +215,7 @@ def train(
     if resume is not None:
         plan = resolve_resume(resume, given, model_given, conditional, name, out, force)
     else:
-        plan = resolve_new(
-            given, model_given, conditional, name, out, force, check_disk=writer and not print_config
-        )
+        plan = resolve_new(given, model_given, conditional, name, out, force, check_disk=writer and not print_config)
     config = plan.config
     if config_file is not None:
         check_num_classes(config_file, config)
