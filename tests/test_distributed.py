@@ -21,21 +21,15 @@ DDP_FLAGS = [*TINY_TRAIN_FLAGS, "--device", "cpu"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
 
 
+def torchrun_command(*args: str | Path) -> list[str]:
+    """`torchrun --standalone --nproc-per-node 2 -m sagan_cli train ARGS` as an argv (a free port each time)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    return [*launcher, "-m", "sagan_cli", "train", *map(str, args)]
+
+
 def torchrun(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """`torchrun --standalone --nproc-per-node 2 -m sagan_cli train ARGS` (a free port each time)."""
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "sagan_cli",
-        "train",
-        *map(str, args),
-    ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=ENV)
+    """Run `torchrun_command(ARGS)` to the end, output captured."""
+    return subprocess.run(torchrun_command(*args), capture_output=True, text=True, timeout=timeout, env=ENV)
 
 
 def same_tensors(a: Path, b: Path) -> bool:
@@ -193,16 +187,7 @@ def test_a_failed_rank_makes_the_other_exit_with_one_line_not_hang(tmp_path, fai
 
 
 def test_sigterm_to_torchrun_saves_once_at_a_step_every_rank_agreed_on(tmp_path) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "sagan_cli",
-        "train",
+    command = torchrun_command(
         *DDP_FLAGS,
         "--max-steps",
         "100000",
@@ -211,10 +196,10 @@ def test_sigterm_to_torchrun_saves_once_at_a_step_every_rank_agreed_on(tmp_path)
         "--save-every",
         "100000",
         "--out",
-        str(tmp_path),
+        tmp_path,
         "--name",
         "run",
-    ]
+    )
     log = tmp_path / "torchrun.log"
     with log.open("w") as stderr:
         launcher = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
