@@ -39,6 +39,13 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="print a Markdown table of every run's last checkpoint")
     parser.add_argument("--labels", help="comma-separated legend labels (default: the variant names)")
     parser.add_argument("--title", default="")
+    parser.add_argument(
+        "--speed",
+        help="VARIANT=IMG_PER_S,...: plot against the minutes these steps take at that speed (e.g. the measured "
+        "2-thread speed) instead of the runs' own training minutes; quality at a step does not depend on threads",
+    )
+    parser.add_argument("--x-label", default="training minutes at 1 thread")
+    parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     if args.table:
         print(final_table(json.loads(args.results.read_text())), end="")
@@ -55,11 +62,15 @@ def main() -> None:
     labels = args.labels.split(",") if args.labels else variants
     fig, (ax_fid, ax_is) = plt.subplots(1, 2, figsize=(10, 3.8))
     styles = ["-", "--", ":"]
+    speeds = {k: float(v) for k, v in (item.split("=") for item in args.speed.split(","))} if args.speed else {}
     for colour, (variant, label) in enumerate(zip(variants, labels, strict=True)):
         runs = sorted((r for r in records if r["variant"] == variant), key=lambda r: r["seed"])
         for i, record in enumerate(runs):
             rows = record["rows"]
-            minutes = [row["train_minutes"] for row in rows]
+            if variant in speeds:
+                minutes = [row["step"] * args.batch_size / speeds[variant] / 60 for row in rows]
+            else:
+                minutes = [row["train_minutes"] for row in rows]
             kwargs = {"color": f"C{colour}", "linestyle": styles[i % len(styles)], "marker": "o", "markersize": 3}
             name = f"{label}, seed {record['seed']}"
             ax_fid.plot(minutes, [row["FID"] for row in rows], label=name, **kwargs)
@@ -68,7 +79,7 @@ def main() -> None:
     ax_fid.set_ylabel("digits-FID (lower is better, log scale)")
     ax_is.set_ylabel("digits-IS (higher is better, max 10)")
     for ax in (ax_fid, ax_is):
-        ax.set_xlabel("training minutes at 1 thread")
+        ax.set_xlabel(args.x_label)
         ax.grid(True, alpha=0.3)
     ax_is.legend(fontsize=7, loc="lower right")
     if args.title:

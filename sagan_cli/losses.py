@@ -54,3 +54,23 @@ def _hinge_g(d_fake: torch.Tensor) -> torch.Tensor:
 
 # The paper's loss (SAGAN, eq. 3, after Lim & Ye 2017 / Miyato et al. 2018).
 register_loss(GanLoss(DEFAULT_LOSS, _hinge_d, _hinge_g))
+
+
+def mode_seeking(images: torch.Tensor, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """Mode-seeking term of MSGAN (Mao et al. 2019), which G minimises: 1 / (|G(z1)-G(z2)| / |z1-z2|).
+
+    The ratio is the mean absolute pixel difference over the mean absolute latent difference,
+    averaged over every pair of the batch drawn for the same class (every pair when `labels` is
+    None). A G that ignores its latent within a class (one digit per class) drives the ratio to 0
+    and this term up; sagan's conditional G did exactly that (docs/results.md). images (B, C, S, S),
+    z (B, z_dim), labels (B,). No host sync: the class mask weights the pairs instead of selecting them.
+    """
+    flat = images.float().flatten(1)  # (B, C*S*S)
+    image_gap = torch.cdist(flat, flat, p=1) / flat.shape[1]  # (B, B) mean |x_i - x_j|
+    z_gap = torch.cdist(z.float(), z.float(), p=1) / z.shape[1]  # (B, B), > 0 off the diagonal
+    pairs = torch.ones_like(image_gap, dtype=torch.bool).triu(1)  # i < j
+    if labels is not None:
+        pairs = pairs & (labels[:, None] == labels[None, :])
+    weights = pairs.float()
+    ratio = (weights * image_gap / (z_gap + torch.eye(len(z), device=z.device))).sum() / weights.sum().clamp(min=1)
+    return 1.0 / (ratio + 1e-5)

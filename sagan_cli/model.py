@@ -59,15 +59,14 @@ def default_attention_resolutions(image_size: int) -> tuple[int, ...]:
 
 
 def default_d_width(image_size: int) -> int:
-    """D width when none is given: 64 up to 32 px, 32 from 64 px on (docs/results.md, "D width at 64 px").
+    """D width when none is given: 32 at every size (docs/results.md, "D width").
 
-    From 64 px D has a block more, and width 64 made it 4x G's parameters and the training step 2.1x
-    slower; in the same training time width 32 reached digits-FID 10.0 where width 64 reached 22.5
-    (MNIST at 64 px). At 28 px width 32 trains 1.9x faster and wins the first 13 minutes on one thread
-    (docs/results.md, issue 12), but was not measured over the full default run, where width 64 is
-    the one with a measured result (digits-FID 4.9 conditional), so 64 stays the default there.
+    D does most of a step's work. At 64 px width 64 made D 4x G's parameters and the step 2.1x
+    slower, and width 32 reached digits-FID 10.0 where 64 reached 22.5 in the same time. At 28 px
+    width 32 trains 1.6x faster with 2 threads (1.8x with 1), and at equal time it wins: width 64
+    learns a little more per step, not 1.6x more.
     """
-    return 64 if image_size <= 32 else 32
+    return 32
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from .data import to_model_range
 from .errors import EXIT_SIGINT, EXIT_SIGTERM, DivergenceError, Interrupted, UsageError
 from .images import make_grid
 from .logs import no_log
-from .losses import get_loss
+from .losses import get_loss, mode_seeking
 from .model import Discriminator, Generator, attention_gammas
 from .precision import Precision, backward_and_step, load_scaler_metadata, resolve_precision, scaler_metadata
 from .rundir import BEST_NAME, RunDir
@@ -295,6 +295,8 @@ def train_step(
         seen = augment(fake, config.augment, augment_rng).contiguous(memory_format=memory_format)  # (n, C, S, S)
         scores_g = state.discriminator(seen, fake_labels).float()  # (n,)
     loss_g = loss.generator(scores_g)
+    if config.mode_seeking > 0:
+        loss_g = loss_g + config.mode_seeking * mode_seeking(fake, z, fake_labels)
     state.optimizer_g.zero_grad(set_to_none=True)
     backward_and_step(loss_g, state.optimizer_g, setup.scaler_g)
     state.discriminator.requires_grad_(True)

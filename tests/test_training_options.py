@@ -78,3 +78,64 @@ def test_lr_decay_is_constant_then_linear_to_zero_by_steps_or_by_minutes() -> No
     state.step, state.train_seconds = 10, 54.0
     _set_learning_rates(state, timed)
     assert state.optimizer_g.param_groups[0]["lr"] == pytest.approx(4e-4)
+
+
+def test_mode_seeking_punishes_a_generator_that_ignores_its_latent_within_a_class() -> None:
+    from sagan_cli.losses import mode_seeking
+
+    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    varied = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    collapsed = varied.clone()
+    collapsed[1:3] = collapsed[0]  # class 0: one image for three latents
+    collapsed[4:6] = collapsed[3]
+    assert float(mode_seeking(collapsed, z, labels)) > 1000 * float(mode_seeking(varied, z, labels))
+    # Only pairs of the same class count: making the two classes differ from each other does not help.
+    across = collapsed.clone()
+    across[3:] += 5.0
+    assert float(mode_seeking(across, z, labels)) == pytest.approx(float(mode_seeking(collapsed, z, labels)))
+    # Without labels every pair counts, and the term equals 1 / (mean pixel gap / mean latent gap).
+    pairs = [(i, j) for i in range(6) for j in range(i + 1, 6)]
+    ratio = sum(float((varied[i] - varied[j]).abs().mean() / (z[i] - z[j]).abs().mean()) for i, j in pairs) / 15
+    assert float(mode_seeking(varied, z, None)) == pytest.approx(1 / (ratio + 1e-5), rel=1e-4)
+
+
+def test_mode_seeking_gives_g_a_gradient_that_spreads_a_collapsed_class() -> None:
+    from sagan_cli.losses import mode_seeking
+
+    images = torch.zeros(4, 1, 2, 2)
+    images[1] += 0.01  # two nearly identical images per class
+    images[3] += 0.01
+    images.requires_grad_(True)
+    z = torch.randn(4, 3, generator=torch.Generator().manual_seed(2))
+    mode_seeking(images, z, torch.tensor([0, 0, 1, 1])).backward()
+    assert images.grad is not None
+    step = images.detach() - 0.001 * images.grad  # gradient descent on the term pushes each pair apart
+    gap = images.detach()
+    assert float((step[1] - step[0]).abs().mean()) > float((gap[1] - gap[0]).abs().mean())
+
+
+def test_mode_seeking_trains_and_is_recorded_and_refused_when_negative(tmp_path: Path) -> None:
+    result = run_cli("train", *TINY_TRAIN_FLAGS, "--mode-seeking", "0.5", "--out", tmp_path, "--name", "m")
+    assert result.exit_code == 0, result.stderr
+    config = read_checkpoint_info(tmp_path / "m" / "checkpoints" / "final.safetensors").train
+    assert config is not None and config.mode_seeking == 0.5
+    assert_one_error(
+        run_cli("train", *TINY_TRAIN_FLAGS, "--mode-seeking", "-1", "--out", tmp_path), EXIT_USAGE, "--mode-seeking"
+    )
+
+
+def test_new_conditional_runs_seek_modes_by_default_and_older_runs_keep_training_without() -> None:
+    from sagan_cli.config import MODE_SEEKING_CONDITIONAL, TrainConfig
+    from sagan_cli.runs import resolve_new
+
+    conditional = resolve_new({"dataset": "mnist", "download": False}, {}, None, check_disk=False).config
+    unconditional = resolve_new({"dataset": "mnist", "download": False}, {}, False, check_disk=False).config
+    chosen = resolve_new({"dataset": "mnist", "mode_seeking": 0.0}, {}, None, check_disk=False).config
+    assert conditional.model.num_classes == 10 and conditional.mode_seeking == MODE_SEEKING_CONDITIONAL > 0
+    assert unconditional.mode_seeking == 0 and chosen.mode_seeking == 0
+    assert '"mode_seeking": 0.3' in conditional.to_json()
+    # A config written before the option existed has no key: it resumes as it trained, without the term.
+    older = conditional.to_dict()
+    del older["mode_seeking"]
+    assert TrainConfig.from_dict(older).mode_seeking == 0

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ..config import TrainConfig
+from ..config import MODE_SEEKING_CONDITIONAL, TrainConfig
 from ..data import DATASETS
 from ..errors import Interrupted, UsageError
 from ..model import SUPPORTED_IMAGE_SIZES, ModelConfig, default_attention_resolutions, default_d_width
@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # annotations only: `sagan train --help` should not import to
 
 DEFAULTS = TrainConfig()
 MODEL_DEFAULTS = ModelConfig()
-EPILOG = "Example: sagan train --dataset mnist --attention    (about 16 minutes on a 2-core CPU)"
+EPILOG = "Example: sagan train --dataset mnist --attention    (about 15 minutes on a 2-core CPU)"
 
 
 def _default(name: str) -> str:
@@ -115,6 +115,12 @@ def train(
     ),
     augment: str | None = typer.Option(
         None, "--augment", help=f"Augment D's real and fake inputs alike: none or translation {_default('augment')}"
+    ),
+    mode_seeking: float | None = typer.Option(
+        None,
+        "--mode-seeking",
+        help="Weight of the mode-seeking term (MSGAN) in G's loss, which keeps G using its latent within a class; "
+        f"0 turns it off (default: {MODE_SEEKING_CONDITIONAL:g} for class-conditional models, 0 otherwise)",
     ),
     ema: bool | None = typer.Option(None, "--ema/--no-ema", help="Keep an EMA copy of G for sampling (default: ema)"),
     ema_decay: float | None = typer.Option(None, "--ema-decay", help=_default("ema_decay")),
