@@ -13,6 +13,12 @@ import json
 from pathlib import Path
 
 
+def load_records(path: Path) -> list[dict]:
+    """The run records of a sweep.py results file (a list), or of one that keeps them under "runs"."""
+    data = json.loads(path.read_text())
+    return data["runs"] if isinstance(data, dict) else data
+
+
 def final_table(records: list[dict]) -> str:
     """One Markdown row per run: its last checkpoint's step, minutes, scores and class checks."""
     lines = [
@@ -48,7 +54,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     if args.table:
-        print(final_table(json.loads(args.results.read_text())), end="")
+        print(final_table(load_records(args.results)), end="")
     if not (args.output and args.variants):
         return
 
@@ -57,7 +63,7 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = json.loads(args.results.read_text())
+    records = load_records(args.results)
     variants = args.variants.split(",")
     labels = args.labels.split(",") if args.labels else variants
     fig, (ax_fid, ax_is) = plt.subplots(1, 2, figsize=(10, 3.8))

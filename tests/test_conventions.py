@@ -123,8 +123,13 @@ def test_config_with_resume_counts_as_flags(tiny_run: Path, tmp_path: Path) -> N
 # --- shell completion ------------------------------------------------------------------------
 
 
-def test_show_completion_prints_a_script_for_the_sagan_command() -> None:
-    result = run_cli("--show-completion", "bash")
+def test_show_completion_prints_a_script_for_the_sagan_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Typer finds the user's shell by walking the process tree (shellingham); under a CI runner or a
+    # detached process there may be no shell above pytest, so the test names the one it asks for.
+    import shellingham
+
+    monkeypatch.setattr(shellingham, "detect_shell", lambda *args, **kwargs: ("bash", "/bin/bash"))
+    result = run_cli("--show-completion")
     assert result.exit_code == 0
     assert "_SAGAN_COMPLETE=complete_bash" in result.stdout and "complete " in result.stdout
 
