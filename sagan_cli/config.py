@@ -79,7 +79,7 @@ class TrainConfig:
         "auto"  # image folders and celeba: memory (preload), stream (decode per batch), auto (by free memory)
     )
     data_workers: int = 2  # DataLoader worker processes when streaming (0: decode in the training process)
-    max_steps: int = 2800  # ~14.5 minutes at ~210 img/s on a 2-core CPU (docs/results.md)
+    max_steps: int = 2800  # 15.5 minutes of training at ~190-210 img/s on a 2-core CPU (docs/results.md)
     max_minutes: float | None = (
         None  # time budget: stop at the first step past this much training time (total over resumes)
     )

@@ -64,6 +64,7 @@ def mode_seeking(images: torch.Tensor, z: torch.Tensor, labels: torch.Tensor | N
     None). A G that ignores its latent within a class (one digit per class) drives the ratio to 0
     and this term up; sagan's conditional G did exactly that (docs/results.md). images (B, C, S, S),
     z (B, z_dim), labels (B,). No host sync: the class mask weights the pairs instead of selecting them.
+    The term is 0 when no two samples share a class (tiny batches, small shards under torchrun).
     """
     flat = images.float().flatten(1)  # (B, C*S*S)
     image_gap = torch.cdist(flat, flat, p=1) / flat.shape[1]  # (B, B) mean |x_i - x_j|
@@ -73,4 +74,5 @@ def mode_seeking(images: torch.Tensor, z: torch.Tensor, labels: torch.Tensor | N
         pairs = pairs & (labels[:, None] == labels[None, :])
     weights = pairs.float()
     ratio = (weights * image_gap / (z_gap + torch.eye(len(z), device=z.device))).sum() / weights.sum().clamp(min=1)
-    return 1.0 / (ratio + 1e-5)
+    # A batch (or a rank's shard) with no two samples of one class has nothing to compare: 0, not 1e5.
+    return torch.where(weights.sum() > 0, 1.0 / (ratio + 1e-5), torch.zeros_like(ratio))

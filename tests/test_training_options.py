@@ -100,6 +100,16 @@ def test_mode_seeking_punishes_a_generator_that_ignores_its_latent_within_a_clas
     assert float(mode_seeking(varied, z, None)) == pytest.approx(1 / (ratio + 1e-5), rel=1e-4)
 
 
+def test_mode_seeking_is_zero_when_no_two_samples_share_a_class() -> None:
+    from sagan_cli.losses import mode_seeking
+
+    images = torch.rand(3, 1, 4, 4, requires_grad=True)
+    term = mode_seeking(images, torch.randn(3, 2), torch.tensor([0, 1, 2]))
+    assert float(term.detach()) == 0.0
+    term.backward()  # still part of the graph, with a zero gradient
+    assert images.grad is not None and float(images.grad.abs().sum()) == 0.0
+
+
 def test_mode_seeking_gives_g_a_gradient_that_spreads_a_collapsed_class() -> None:
     from sagan_cli.losses import mode_seeking
 
