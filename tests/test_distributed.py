@@ -21,9 +21,9 @@ DDP_FLAGS = [*TINY_TRAIN_FLAGS, "--device", "cpu"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
 
 
-def torchrun_command(*args: str | Path) -> list[str]:
-    """`torchrun --standalone --nproc-per-node 2 -m sagan_cli train ARGS` as an argv (a free port each time)."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+def torchrun_command(*args: str | Path, processes: int = 2) -> list[str]:
+    """`torchrun --standalone --nproc-per-node N -m sagan_cli train ARGS` as an argv (a free port each time)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
     return [*launcher, "-m", "sagan_cli", "train", *map(str, args)]
 
 
@@ -225,25 +225,9 @@ def test_torchrun_on_cuda_uses_nccl_and_auto_precision(tmp_path, sync_bn) -> Non
     import torch
 
     processes = min(2, torch.cuda.device_count())
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        str(processes),
-        "-m",
-        "sagan_cli",
-        "train",
-        *TINY_TRAIN_FLAGS,
-        "--device",
-        "cuda",
-        sync_bn,
-        "--out",
-        str(tmp_path),
-        "--name",
-        "cuda",
-    ]
+    command = torchrun_command(
+        *TINY_TRAIN_FLAGS, "--device", "cuda", sync_bn, "--out", tmp_path, "--name", "cuda", processes=processes
+    )
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ENV)
     assert result.returncode == 0, result.stderr
     info = read_checkpoint_info(tmp_path / "cuda" / "checkpoints" / "final.safetensors")
