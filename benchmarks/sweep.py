@@ -39,6 +39,9 @@ VARIANTS: dict[str, list[str]] = {
     "default": ["--dataset", "mnist", "--attention"],
     "default-noattn": ["--dataset", "mnist", "--no-attention"],
     "default-uncond": ["--dataset", "mnist", "--attention", "--no-conditional"],
+    # Mode seeking for the unconditional model (issue 12: its 6s are under-drawn), over every pair of a batch.
+    "default-uncond-ms03": ["--dataset", "mnist", "--attention", "--no-conditional", "--mode-seeking", "0.3"],
+    "default-uncond-ms1": ["--dataset", "mnist", "--attention", "--no-conditional", "--mode-seeking", "1"],
     # The sweep of issue 12 (the defaults then: conditional, D width 64, lr 1e-4 / 4e-4), flags spelled out.
     "base": [*COND, "--d-width", "64", "--lr-g", "1e-4", "--lr-d", "4e-4"],  # the defaults before issue 12, conditional
     "d32": [*COND, "--d-width", "32", "--lr-g", "1e-4", "--lr-d", "4e-4"],
