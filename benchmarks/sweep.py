@@ -34,14 +34,18 @@ COND = ["--dataset", "mnist", "--conditional", "--attention"]
 UNCOND = ["--dataset", "mnist", "--no-conditional", "--attention"]
 
 # name -> flags of `sagan train` (besides --seed, --max-minutes and the checkpointing flags).
+DEFAULT_UNCOND = ["--dataset", "mnist", "--attention", "--no-conditional"]
 VARIANTS: dict[str, list[str]] = {
     # The defaults as they are now (whatever TrainConfig says), and the two questions asked of them.
     "default": ["--dataset", "mnist", "--attention"],
     "default-noattn": ["--dataset", "mnist", "--no-attention"],
-    "default-uncond": ["--dataset", "mnist", "--attention", "--no-conditional"],
+    "default-uncond": DEFAULT_UNCOND,
     # Mode seeking for the unconditional model (issue 12: its 6s are under-drawn), over every pair of a batch.
-    "default-uncond-ms03": ["--dataset", "mnist", "--attention", "--no-conditional", "--mode-seeking", "0.3"],
-    "default-uncond-ms1": ["--dataset", "mnist", "--attention", "--no-conditional", "--mode-seeking", "1"],
+    "default-uncond-ms03": [*DEFAULT_UNCOND, "--lr-g", "2e-4", "--lr-d", "8e-4", "--mode-seeking", "0.3"],
+    "default-uncond-ms1": [*DEFAULT_UNCOND, "--lr-g", "2e-4", "--lr-d", "8e-4", "--mode-seeking", "1"],
+    # The unconditional rates: 4e-4 / 4e-4 is the unconditional default since issue 12; 2e-4 / 8e-4 was before.
+    "default-uncond-lr44": [*DEFAULT_UNCOND, "--lr-g", "4e-4", "--lr-d", "4e-4"],
+    "default-uncond-lr28": [*DEFAULT_UNCOND, "--lr-g", "2e-4", "--lr-d", "8e-4"],
     # The sweep of issue 12 (the defaults then: conditional, D width 64, lr 1e-4 / 4e-4), flags spelled out.
     "base": [*COND, "--d-width", "64", "--lr-g", "1e-4", "--lr-d", "4e-4"],  # the defaults before issue 12, conditional
     "d32": [*COND, "--d-width", "32", "--lr-g", "1e-4", "--lr-d", "4e-4"],

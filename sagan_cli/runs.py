@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import read_checkpoint_info
-from .config import MODE_SEEKING_CONDITIONAL, RESUMABLE_OVERRIDES, TrainConfig, config_differences
+from .config import LR_UNCONDITIONAL, MODE_SEEKING_CONDITIONAL, RESUMABLE_OVERRIDES, TrainConfig, config_differences
 from .data import DATASETS, is_folder_dataset, native_shape
 from .errors import UsageError
 from .model import ModelConfig, check_image_shape, feature_resolutions
@@ -67,6 +67,9 @@ def _new_config(given: dict[str, Any], model_given: dict[str, Any], conditional:
     model_values["num_classes"] = num_classes if conditional else 0
     if conditional:
         given.setdefault("mode_seeking", MODE_SEEKING_CONDITIONAL)
+    else:
+        given.setdefault("lr_g", LR_UNCONDITIONAL[0])
+        given.setdefault("lr_d", LR_UNCONDITIONAL[1])
     try:
         check_image_shape(model_values["image_size"], model_values["channels"], "--image-size", "--channels")
         model = ModelConfig(**model_values)

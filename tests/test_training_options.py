@@ -149,3 +149,17 @@ def test_new_conditional_runs_seek_modes_by_default_and_older_runs_keep_training
     older = conditional.to_dict()
     del older["mode_seeking"]
     assert TrainConfig.from_dict(older).mode_seeking == 0
+
+
+def test_new_unconditional_runs_get_the_faster_learning_rates_unless_given() -> None:
+    from sagan_cli.config import LR_UNCONDITIONAL, TrainConfig
+    from sagan_cli.runs import resolve_new
+
+    conditional = resolve_new({"dataset": "mnist", "download": False}, {}, None, check_disk=False).config
+    unconditional = resolve_new({"dataset": "mnist", "download": False}, {}, False, check_disk=False).config
+    chosen = resolve_new({"dataset": "mnist", "lr_g": 1e-4}, {}, False, check_disk=False).config
+    assert (conditional.lr_g, conditional.lr_d) == (TrainConfig().lr_g, TrainConfig().lr_d)
+    assert (unconditional.lr_g, unconditional.lr_d) == LR_UNCONDITIONAL != (conditional.lr_g, conditional.lr_d)
+    assert (chosen.lr_g, chosen.lr_d) == (1e-4, LR_UNCONDITIONAL[1])  # a given rate wins; the other keeps its default
+    # What a run trained with is in its config, so a resumed unconditional run keeps its own rates.
+    assert TrainConfig.from_dict(unconditional.to_dict()).lr_g == LR_UNCONDITIONAL[0]

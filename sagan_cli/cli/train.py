@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ..config import MODE_SEEKING_CONDITIONAL, TrainConfig
+from ..config import LR_UNCONDITIONAL, MODE_SEEKING_CONDITIONAL, TrainConfig
 from ..data import DATASETS
 from ..errors import Interrupted, UsageError
 from ..model import SUPPORTED_IMAGE_SIZES, ModelConfig, default_attention_resolutions, default_d_width
@@ -102,8 +102,18 @@ def train(
         "(with --resume: a new total budget; --max-steps alone lifts it) (default: none)",
     ),
     batch_size: int | None = typer.Option(None, "--batch-size", "-b", help=_default("batch_size")),
-    lr_g: float | None = typer.Option(None, "--lr-g", help=f"Generator Adam learning rate {_default('lr_g')}"),
-    lr_d: float | None = typer.Option(None, "--lr-d", help=f"Discriminator Adam learning rate {_default('lr_d')}"),
+    lr_g: float | None = typer.Option(
+        None,
+        "--lr-g",
+        help=f"Generator Adam learning rate (default: {DEFAULTS.lr_g:g} class-conditional, "
+        f"{LR_UNCONDITIONAL[0]:g} unconditional)",
+    ),
+    lr_d: float | None = typer.Option(
+        None,
+        "--lr-d",
+        help=f"Discriminator Adam learning rate (default: {DEFAULTS.lr_d:g} class-conditional, "
+        f"{LR_UNCONDITIONAL[1]:g} unconditional)",
+    ),
     beta1: float | None = typer.Option(None, "--beta1", help=_default("beta1")),
     beta2: float | None = typer.Option(None, "--beta2", help=_default("beta2")),
     d_steps: int | None = typer.Option(None, "--d-steps", help=f"D updates per G update {_default('d_steps')}"),
