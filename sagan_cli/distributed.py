@@ -128,7 +128,7 @@ def start(world: World, device: torch.device, timeout_seconds: int) -> None:
 
 def stop() -> None:
     """Leave the process group (a no-op when none was started)."""
-    if dist.is_available() and dist.is_initialized():
+    if joined():
         dist.destroy_process_group()
 
 
@@ -138,8 +138,19 @@ def session(world: World, device: torch.device, timeout_seconds: int) -> Iterato
     start(world, device, timeout_seconds)
     try:
         yield
-    finally:
+    except DistributedFailure:
+        # A peer died or hung: the group is broken, and tearing it down could wait on, or abort the
+        # process in, work still queued for that peer. The caller leaves without a teardown (train CLI).
+        raise
+    except BaseException:
         stop()
+        raise
+    stop()
+
+
+def joined() -> bool:
+    """True once this process is in a process group (torchrun with more than one process)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def check_sync_bn(sync_bn: bool, world: World, device: torch.device) -> None:

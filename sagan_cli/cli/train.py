@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
 from ..config import LR_UNCONDITIONAL, MODE_SEEKING_CONDITIONAL, TrainConfig
 from ..data import DATASETS
-from ..errors import Interrupted, UsageError
+from ..errors import EXIT_FAILURE, Interrupted, UsageError
 from ..model import SUPPORTED_IMAGE_SIZES, ModelConfig, default_attention_resolutions, default_d_width
 from ..rundir import RUNS_ROOT
+from .console import error
 
 if TYPE_CHECKING:  # annotations only: `sagan train --help` should not import torch's training stack
     import torch
@@ -249,8 +251,25 @@ def train(
     resolve_precision(config.precision, torch_device)
     distributed.check_sync_bn(config.sync_bn, world, torch_device)
     reporter = make_reporter(enabled=writer)  # other ranks stay silent except for errors
-    with distributed.session(world, torch_device, config.dist_timeout):
-        _load_and_train(plan, writer, torch_device, reporter, world.distributed)
+    try:
+        with distributed.session(world, torch_device, config.dist_timeout):
+            _load_and_train(plan, writer, torch_device, reporter, world.distributed)
+    except distributed.DistributedFailure as exc:
+        if not distributed.joined():
+            raise  # never joined a group: an ordinary one-line error
+        _leave_broken_group(str(exc))
+
+
+def _leave_broken_group(message: str) -> NoReturn:
+    """Say the one line and end the process now, without running the broken group's destructors.
+
+    After a peer died or hung, gloo may still hold work queued for it; the destructors that run at a
+    normal interpreter exit then wait on that work or abort (a CI run once saw SIGABRT, exit -6, here
+    instead of 1). Everything worth keeping was already written atomically before this point.
+    """
+    error(message)
+    sys.stdout.flush()
+    os._exit(EXIT_FAILURE)
 
 
 def _load_and_train(
