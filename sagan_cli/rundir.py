@@ -94,9 +94,18 @@ class RunDir:
                     f"run directory {path} already exists; continue it with --resume {path}, "
                     "choose another --name, or pass --force to replace it"
                 )
-            if not (path / CONFIG_FILE).exists():
+            if not (path / CONFIG_FILE).exists() and not cls._abandoned_start(path):
                 raise UsageError(f"{path} exists and is not a sagan run; refusing to replace it even with --force")
             cls(path)._acquire_lock().close()  # refuse to delete a run that another process is training
+
+    @staticmethod
+    def _abandoned_start(path: Path) -> bool:
+        """True for a run killed inside `create` by an older sagan: only empty run folders, no data."""
+        names = {"checkpoints", "samples", LOCK_FILE}
+        return all(
+            p.name in names and (p.is_file() and p.stat().st_size == 0 or p.is_dir() and not any(p.iterdir()))
+            for p in path.iterdir()
+        )
 
     @classmethod
     def create(cls, path: Path, config: TrainConfig, force: bool = False, enabled: bool = True) -> RunDir:
@@ -110,9 +119,10 @@ class RunDir:
             cls.check_new(run.path, force)
             if run.path.exists() and any(run.path.iterdir()):
                 shutil.rmtree(run.path)
-            run.checkpoints.mkdir(parents=True, exist_ok=True)
-            run.samples.mkdir(parents=True, exist_ok=True)
-            run.write_config(config)
+            run.path.mkdir(parents=True, exist_ok=True)
+            run.write_config(config)  # first: a run killed right after is still one --force may replace
+            run.checkpoints.mkdir(exist_ok=True)
+            run.samples.mkdir(exist_ok=True)
         return run
 
     def write_config(self, config: TrainConfig) -> None:

@@ -622,6 +622,27 @@ def test_new_run_over_an_existing_one_needs_force(resumable_run: Path) -> None:
     assert snapshot(resumable_run) == before
 
 
+def test_force_never_replaces_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.png").write_bytes(b"not ours")
+    result = run_cli("train", *TINY, "--max-steps", "1", "--out", tmp_path, "--name", "photos", "--force")
+    assert_one_error(result, EXIT_USAGE, str(folder), "is not a sagan run", "even with --force")
+    assert (folder / "holiday.png").read_bytes() == b"not ours"
+
+
+def test_force_replaces_a_run_killed_before_its_config_was_written(tmp_path: Path) -> None:
+    # What an older sagan left when killed inside its first second: empty run folders, no config.
+    for name in ("checkpoints", "samples"):
+        (tmp_path / "r" / name).mkdir(parents=True)
+    (tmp_path / "r" / ".lock").touch()
+    flags = [*TINY, "--max-steps", "1", "--out", tmp_path, "--name", "r"]
+    assert_one_error(run_cli("train", *flags), EXIT_USAGE, "already exists", "--force")
+    result = run_cli("train", *flags, "--force")
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "r" / "checkpoints" / "final.safetensors").exists()
+
+
 # --- devices ------------------------------------------------------------------------------------
 
 
