@@ -269,6 +269,7 @@ def _leave_broken_group(message: str) -> NoReturn:
     """
     error(message)
     sys.stdout.flush()
+    sys.stderr.flush()  # os._exit skips the interpreter's own flush of both
     os._exit(EXIT_FAILURE)
 
 
