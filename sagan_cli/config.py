@@ -96,7 +96,7 @@ class TrainConfig:
     d_steps: int = 1
     lr_decay: float = 0.0  # fraction of the run at its end over which both learning rates fall linearly to 0
     mode_seeking: float = 0.0  # MSGAN term in G's loss; 0 = off (new conditional runs: MODE_SEEKING_CONDITIONAL)
-    augment: str = "none"  # DiffAugment of D's inputs: none or translation
+    augment: str = "none"  # DiffAugment of D's inputs: none, or color/translation/cutout joined by commas
     ema: bool = True
     ema_decay: float = 0.999
     ema_start: int = 0
@@ -173,10 +173,15 @@ class TrainConfig:
             raise UsageError(f"--mode-seeking must be 0 (off) or a positive weight, got {self.mode_seeking}")
         if not 0 <= self.lr_decay <= 1:
             raise UsageError(f"--lr-decay must be in [0, 1] (the fraction of the run that decays), got {self.lr_decay}")
-        from .augment import AUGMENTATIONS
+        from .augment import OPERATIONS, parse_policy
 
-        if self.augment not in AUGMENTATIONS:
-            raise UsageError(f"--augment {self.augment!r} is unknown; use one of {', '.join(AUGMENTATIONS)}")
+        try:
+            parse_policy(self.augment)
+        except ValueError:
+            raise UsageError(
+                f"--augment {self.augment!r} is unknown; use none, or one or more of {', '.join(OPERATIONS)} "
+                "joined by commas (e.g. translation,cutout)"
+            ) from None
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.data_mode not in ("auto", "memory", "stream"):

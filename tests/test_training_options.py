@@ -1,4 +1,4 @@
-"""Training options chosen for short runs: linear learning-rate decay at the end, translation DiffAugment."""
+"""Training options chosen for short runs: linear learning-rate decay at the end, DiffAugment of D's input."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from conftest import TINY_TRAIN_FLAGS, run_cli
 from test_cli_errors import assert_one_error
 
-from sagan_cli.augment import translate
+from sagan_cli.augment import augment, color, cutout, parse_policy, translate
 from sagan_cli.checkpoint import read_checkpoint_info
 from sagan_cli.errors import EXIT_USAGE
 
@@ -37,17 +37,53 @@ def test_translation_passes_gradients_to_the_generator() -> None:
     assert fake.grad is not None and float(fake.grad.sum()) == 3 * 3 * 8 * 8  # each output pixel reads one input
 
 
+def test_cutout_sets_one_half_side_square_to_zero_and_keeps_the_rest() -> None:
+    images = torch.rand(16, 3, 8, 8) + 1  # all > 0, so every 0 in the output was erased
+    out = cutout(images, torch.Generator().manual_seed(0))
+    erased = out == 0  # (B, C, H, W)
+    assert torch.equal(out[~erased], images[~erased])
+    assert torch.equal(erased, erased[:, :1].expand_as(erased))  # the same pixels in every channel
+    for mask in erased[:, 0]:
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        # One axis-aligned box, at most 4x4 (half of 8), clipped only by the image's edges.
+        assert 0 < int(mask.sum()) == len(rows) * len(cols) <= 16
+        assert rows.max() - rows.min() + 1 == len(rows) and cols.max() - cols.min() + 1 == len(cols)
+        assert len(rows) == 4 or 0 in rows or 7 in rows
+        assert len(cols) == 4 or 0 in cols or 7 in cols
+
+
+def test_color_jitters_each_image_by_its_own_draws_and_passes_gradients() -> None:
+    flat = torch.zeros(4, 3, 8, 8, requires_grad=True)  # a grey image stays flat: brightness moves it
+    out = color(flat, torch.Generator().manual_seed(0))
+    per_image = out.detach().flatten(1)
+    assert torch.equal(per_image, per_image[:, :1].expand_as(per_image))  # still flat
+    assert len(set(per_image[:, 0].tolist())) == 4 and per_image.abs().max() <= 0.5 * 1.5
+    out.sum().backward()
+    assert flat.grad is not None and torch.isfinite(flat.grad).all()
+
+
+def test_a_policy_applies_its_operations_in_diffaugments_order_whatever_the_order_given() -> None:
+    assert parse_policy("none") == ()
+    assert parse_policy("cutout,color,translation") == ("color", "translation", "cutout")
+    images = torch.randn(4, 3, 8, 8)
+    by_hand = torch.Generator().manual_seed(3)
+    expected = cutout(translate(images, by_hand), by_hand)  # translation first, then cutout, from one generator
+    assert torch.equal(augment(images, "cutout,translation", torch.Generator().manual_seed(3)), expected)
+    for bad in ("flip", "translation,flip", "translation,translation", ""):
+        with pytest.raises(ValueError):
+            parse_policy(bad)
+
+
 def test_lr_decay_ends_at_zero_and_augmented_training_runs(tmp_path: Path) -> None:
-    result = run_cli(
-        "train", *TINY_TRAIN_FLAGS, "--lr-decay", "0.5", "--augment", "translation", "--out", tmp_path, "--name", "d"
-    )
+    options = ["--lr-decay", "0.5", "--augment", "color,translation,cutout"]
+    result = run_cli("train", *TINY_TRAIN_FLAGS, *options, "--out", tmp_path, "--name", "d")
     assert result.exit_code == 0, result.stderr
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "d" / "checkpoints" / "step_000002.safetensors"), "pt") as f:
         meta = f.metadata()
     assert read_checkpoint_info(tmp_path / "d" / "checkpoints" / "final.safetensors").step == 4
-    assert '"augment": "translation"' in meta["train_config"] and '"lr_decay": 0.5' in meta["train_config"]
+    assert '"augment": "color,translation,cutout"' in meta["train_config"] and '"lr_decay": 0.5' in meta["train_config"]
 
 
 def test_bad_values_of_the_new_options_are_refused(tmp_path: Path) -> None:
@@ -56,6 +92,11 @@ def test_bad_values_of_the_new_options_are_refused(tmp_path: Path) -> None:
     )
     assert_one_error(
         run_cli("train", *TINY_TRAIN_FLAGS, "--augment", "flip", "--out", tmp_path), EXIT_USAGE, "--augment 'flip'"
+    )
+    assert_one_error(
+        run_cli("train", *TINY_TRAIN_FLAGS, "--augment", "translation,flip", "--out", tmp_path),
+        EXIT_USAGE,
+        "translation,cutout",
     )
     assert list(tmp_path.iterdir()) == []
 

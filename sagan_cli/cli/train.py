@@ -126,7 +126,10 @@ def train(
         f"rates fall linearly to 0 {_default('lr_decay')}",
     ),
     augment: str | None = typer.Option(
-        None, "--augment", help=f"Augment D's real and fake inputs alike: none or translation {_default('augment')}"
+        None,
+        "--augment",
+        help="DiffAugment of D's real and fake inputs alike: none, or color, translation, cutout joined by commas "
+        f"(e.g. translation,cutout) {_default('augment')}",
     ),
     mode_seeking: float | None = typer.Option(
         None,
