@@ -204,3 +204,23 @@ def test_new_unconditional_runs_get_the_faster_learning_rates_unless_given() -> 
     assert (chosen.lr_g, chosen.lr_d) == (1e-4, LR_UNCONDITIONAL[1])  # a given rate wins; the other keeps its default
     # What a run trained with is in its config, so a resumed unconditional run keeps its own rates.
     assert TrainConfig.from_dict(unconditional.to_dict()).lr_g == LR_UNCONDITIONAL[0]
+
+
+def test_a_long_run_on_a_small_folder_is_told_once_that_d_may_memorise_it(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from sagan_cli.config import TrainConfig
+    from sagan_cli.train_hooks import MEMORISATION_EPOCHS, memorisation_note
+
+    folder = tmp_path / "eight"
+    folder.mkdir()
+    for i in range(8):
+        Image.new("L", (28, 28), 20 + 30 * i).save(folder / f"{i}.png")
+    quiet = ["--log-every", "100", "--sample-every", "100", "--save-every", "100"]
+    flags = [*TINY_TRAIN_FLAGS, *quiet, "--max-steps", str(MEMORISATION_EPOCHS + 2), "--dataset", folder]
+    result = run_cli("train", *flags, "--image-size", "28", "--channels", "1", "--out", tmp_path / "runs")
+    assert result.exit_code == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if "seen 50 times" in line]  # batch 8 of 8: at step 50
+    assert len(notes) == 1 and "8 training images" in notes[0] and "--augment translation" in notes[0]
+    assert memorisation_note(TrainConfig(augment="translation"), 2, tmp_path)[0] is None  # already augmenting
+    assert memorisation_note(TrainConfig(), 10_000, tmp_path)[0] == 7813  # the bundled digits: past step 2,800
