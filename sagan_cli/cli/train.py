@@ -257,6 +257,8 @@ def train(
     try:
         with distributed.session(world, torch_device, config.dist_timeout):
             _load_and_train(plan, writer, torch_device, reporter, world.distributed)
+            if world.distributed:
+                _leave_finished_group()
     except distributed.DistributedFailure as exc:
         if not distributed.joined():
             raise  # never joined a group: an ordinary one-line error
@@ -274,6 +276,20 @@ def _leave_broken_group(message: str) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()  # os._exit skips the interpreter's own flush of both
     os._exit(EXIT_FAILURE)
+
+
+def _leave_finished_group() -> NoReturn:
+    """End a torchrun process whose training finished, without tearing the process group down.
+
+    Every checkpoint is written and the last collective has returned on every rank. CI twice saw a
+    rank abort (SIGABRT, "terminate called without an active exception") after such a run had
+    finished, which torchrun reports as a failed run; about 25 local tries did not reproduce it, so
+    the cause is not proven. gloo's own threads are what runs in that teardown (destroy_process_group
+    and the interpreter's exit), so this process skips both, as a failed rank does.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()  # os._exit skips the interpreter's own flush of both
+    os._exit(0)
 
 
 def _load_and_train(
