@@ -50,6 +50,8 @@ VARIANTS: dict[str, list[str]] = {
     # both learning rates fall linearly to 0 over the last 30% of the run.
     "default-uncond-aug": [*DEFAULT_UNCOND, "--augment", "translation"],
     "default-uncond-decay": [*DEFAULT_UNCOND, "--lr-decay", "0.3"],
+    # A wider D for unconditional runs only (width 64 learned more per step in the first sweep).
+    "default-uncond-d64": [*DEFAULT_UNCOND, "--d-width", "64"],
     # The sweep of issue 12 (the defaults then: conditional, D width 64, lr 1e-4 / 4e-4), flags spelled out.
     "base": [*COND, "--d-width", "64", "--lr-g", "1e-4", "--lr-d", "4e-4"],  # the defaults before issue 12, conditional
     "d32": [*COND, "--d-width", "32", "--lr-g", "1e-4", "--lr-d", "4e-4"],

@@ -23,7 +23,7 @@ from .streaming import TrainingData
 
 SaveBest = Callable[[dict[str, str]], "Path | None"]  # extra metadata -> checkpoints/best.safetensors
 # Passes over the data after which an un-augmented run is told D may memorise it: the 32 px emoji run
-# (3,786 images) had 4% blank samples at 42 passes, 15% at 72, 86% at 119 (docs/results.md).
+# (3,786 images) had 4% blank samples at 42 passes, 18% at 72, 86% at 119 (docs/results.md).
 MEMORISATION_EPOCHS = 50
 
 
@@ -136,7 +136,8 @@ def memorisation_note(config: TrainConfig, dataset_size: int, run_path: Path) ->
     """
     if config.augment != "none":
         return None, ""
-    step = math.ceil(MEMORISATION_EPOCHS * dataset_size / config.batch_size)
+    per_step = config.batch_size * config.d_steps  # real images a step reads: one batch per D step
+    step = math.ceil(MEMORISATION_EPOCHS * dataset_size / per_step)
     text = (
         f"note: each of the {dataset_size:,} training images has now been seen {MEMORISATION_EPOCHS} times; "
         "on a set this small D can memorise them and G fade to blank images: watch "

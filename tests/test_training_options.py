@@ -224,3 +224,4 @@ def test_a_long_run_on_a_small_folder_is_told_once_that_d_may_memorise_it(tmp_pa
     assert len(notes) == 1 and "8 training images" in notes[0] and "--augment translation" in notes[0]
     assert memorisation_note(TrainConfig(augment="translation"), 2, tmp_path)[0] is None  # already augmenting
     assert memorisation_note(TrainConfig(), 10_000, tmp_path)[0] == 7813  # the bundled digits: past step 2,800
+    assert memorisation_note(TrainConfig(d_steps=2), 10_000, tmp_path)[0] == 3907  # two real batches a step
