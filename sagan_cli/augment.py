@@ -23,7 +23,8 @@ def parse_policy(policy: str) -> tuple[str, ...]:
     unknown = [name for name in names if name not in OPERATIONS]
     if unknown or len(set(names)) != len(names):
         raise ValueError(
-            f"augmentation policy {policy!r}: use none, or one or more of {', '.join(OPERATIONS)} joined by commas"
+            f"{policy!r} is unknown; use none, or one or more of {', '.join(OPERATIONS)} joined by commas "
+            "(e.g. translation,cutout)"
         )
     return tuple(name for name in OPERATIONS if name in names)
 

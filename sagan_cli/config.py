@@ -173,15 +173,12 @@ class TrainConfig:
             raise UsageError(f"--mode-seeking must be 0 (off) or a positive weight, got {self.mode_seeking}")
         if not 0 <= self.lr_decay <= 1:
             raise UsageError(f"--lr-decay must be in [0, 1] (the fraction of the run that decays), got {self.lr_decay}")
-        from .augment import OPERATIONS, parse_policy
+        from .augment import parse_policy
 
         try:
             parse_policy(self.augment)
-        except ValueError:
-            raise UsageError(
-                f"--augment {self.augment!r} is unknown; use none, or one or more of {', '.join(OPERATIONS)} "
-                "joined by commas (e.g. translation,cutout)"
-            ) from None
+        except ValueError as exc:
+            raise UsageError(f"--augment {exc}") from None
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.data_mode not in ("auto", "memory", "stream"):

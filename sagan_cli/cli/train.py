@@ -273,9 +273,7 @@ def _leave_broken_group(message: str) -> NoReturn:
     instead of 1). Everything worth keeping was already written atomically before this point.
     """
     error(message)
-    sys.stdout.flush()
-    sys.stderr.flush()  # os._exit skips the interpreter's own flush of both
-    os._exit(EXIT_FAILURE)
+    _leave_group(EXIT_FAILURE)
 
 
 def _leave_finished_group() -> NoReturn:
@@ -287,9 +285,14 @@ def _leave_finished_group() -> NoReturn:
     the cause is not proven. gloo's own threads are what runs in that teardown (destroy_process_group
     and the interpreter's exit), so this process skips both, as a failed rank does.
     """
+    _leave_group(0)
+
+
+def _leave_group(code: int) -> NoReturn:
+    """Flush stdout and stderr (os._exit skips the interpreter's own flush) and end the process with `code`."""
     sys.stdout.flush()
-    sys.stderr.flush()  # os._exit skips the interpreter's own flush of both
-    os._exit(0)
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _load_and_train(
