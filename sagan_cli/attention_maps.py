@@ -224,7 +224,7 @@ def attention_from_checkpoint(
     from .sampling import check_class
 
     info = read_checkpoint_info(path)
-    check_has_attention(info.model, str(path))
+    check_has_attention(info.model, str(path), "g" if image is None else "d")
     check_class(class_index, info.model.num_classes)
     torch_device = resolve_device(device)
     metadata = {"checkpoint": str(path), "step": str(info.step)}
@@ -242,11 +242,18 @@ def attention_from_checkpoint(
     return result, info, metadata
 
 
-def check_has_attention(model: ModelConfig, source: str) -> None:
-    """One clear error for a model trained without attention, before any weights are loaded."""
+def check_has_attention(model: ModelConfig, source: str, network: str | None = None) -> None:
+    """One clear error for a model trained without attention (in `network`, "g" or "d", when given),
+    before any weights are loaded."""
     if not model.active_attn_resolutions:
         raise UsageError(
             f"{source} has no self-attention layers (trained without --attention); there are no attention maps to show"
+        )
+    if network is not None and not model.attn_resolutions_of(network):
+        fix = "give --image to see D's" if network == "g" else "drop --image to see G's"
+        raise UsageError(
+            f"{source} has self-attention only in {model.attention_in.upper()} "
+            f"(trained with --attention-in {model.attention_in}); {fix}"
         )
 
 

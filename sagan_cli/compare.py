@@ -33,9 +33,13 @@ class CompareRow:
 
     @property
     def attention(self) -> str:
-        """Where attention sits, e.g. `14` or `16,32`; `none` without attention."""
-        where = self.info.model.active_attn_resolutions
-        return ",".join(map(str, where)) if where else "none"
+        """Where attention sits, e.g. `14` or `16,32`, `14 (G only)`; `none` without attention."""
+        model = self.info.model
+        where = model.active_attn_resolutions
+        if not where:
+            return "none"
+        only = f" ({model.attention_in.upper()} only)" if model.attention_in != "both" else ""
+        return ",".join(map(str, where)) + only
 
     def to_json(self) -> dict[str, Any]:
         """One entry of the `models` list in `sagan compare --json`."""

@@ -51,6 +51,7 @@ OMITTED_AT_DEFAULT = (
     "data_mode",
     "data_workers",
     "mode_seeking",
+    "gamma_lr_mult",
 )
 
 # The mode-seeking weight a new class-conditional run gets unless --mode-seeking is given (runs._new_config).
@@ -96,6 +97,7 @@ class TrainConfig:
     d_steps: int = 1
     lr_decay: float = 0.0  # fraction of the run at its end over which both learning rates fall linearly to 0
     mode_seeking: float = 0.0  # MSGAN term in G's loss; 0 = off (new conditional runs: MODE_SEEKING_CONDITIONAL)
+    gamma_lr_mult: float = 1.0  # the attention gates' Adam rate as a multiple of their network's rate
     augment: str = "none"  # DiffAugment of D's inputs: none, or color/translation/cutout joined by commas
     ema: bool = True
     ema_decay: float = 0.999
@@ -171,6 +173,10 @@ class TrainConfig:
             raise UsageError(f"--max-minutes must be a positive number of minutes, got {self.max_minutes}")
         if not (math.isfinite(self.mode_seeking) and self.mode_seeking >= 0):
             raise UsageError(f"--mode-seeking must be 0 (off) or a positive weight, got {self.mode_seeking}")
+        if not (math.isfinite(self.gamma_lr_mult) and self.gamma_lr_mult > 0):
+            raise UsageError(
+                f"--gamma-lr-mult must be a positive number (1 = the network's rate), got {self.gamma_lr_mult}"
+            )
         if not 0 <= self.lr_decay <= 1:
             raise UsageError(f"--lr-decay must be in [0, 1] (the fraction of the run that decays), got {self.lr_decay}")
         from .augment import parse_policy

@@ -58,6 +58,16 @@ def default_attention_resolutions(image_size: int) -> tuple[int, ...]:
     return (min(image_size // 2, 64),)
 
 
+ATTENTION_IN = ("both", "g", "d")  # which networks carry the attention blocks (the paper: both)
+
+
+def attention_sizes(image_size: int, network: str) -> list[int]:
+    """Feature-map sizes after a block, where an attention block can sit: G's blocks output every size
+    but its bottom one, D's every size but the image's (e.g. 28 px: G [14, 28], D [7, 14])."""
+    resolutions = feature_resolutions(image_size)
+    return resolutions[1:] if network == "g" else resolutions[:-1]
+
+
 def default_d_width(image_size: int) -> int:
     """D width when none is given: 32 at every size (docs/results.md: issue 12, and "D width at 64 px").
 
@@ -80,11 +90,11 @@ class ModelConfig:
     d_width: int | None = None  # D channels at the first block, doubling up to 8x; None = default_d_width(image_size)
     attention: bool = True
     attn_resolutions: tuple[int, ...] = field(default_factory=tuple)  # empty = default placement
+    attention_in: str = "both"  # "g" or "d": only that network gets the attention blocks
     num_classes: int = 0  # > 0: class-conditional (conditional BN in G, projection D)
 
     def __post_init__(self) -> None:
         check_image_shape(self.image_size, self.channels)
-        resolutions = feature_resolutions(self.image_size)
         if self.d_width is None:
             object.__setattr__(self, "d_width", default_d_width(self.image_size))
         for name in ("z_dim", "g_width", "d_width"):
@@ -92,13 +102,16 @@ class ModelConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+        if self.attention_in not in ATTENTION_IN:
+            raise ValueError(f"attention_in must be one of {', '.join(ATTENTION_IN)}, got {self.attention_in!r}")
         attn = tuple(int(r) for r in self.attn_resolutions) or default_attention_resolutions(self.image_size)
         object.__setattr__(self, "attn_resolutions", attn)
-        bad = [r for r in attn if r not in resolutions[1:]]
+        # G's sizes for both (a size only D has, its bottom one, stays without attention in G and D alike).
+        allowed = attention_sizes(self.image_size, "d" if self.attention_in == "d" else "g")
+        bad = [r for r in attn if r not in allowed]
         if bad:
             raise ValueError(
-                f"attention resolution(s) {bad} do not exist for image size {self.image_size}; "
-                f"choose from {resolutions[1:]}"
+                f"attention resolution(s) {bad} do not exist for image size {self.image_size}; choose from {allowed}"
             )
 
     @property
@@ -106,9 +119,17 @@ class ModelConfig:
         """Resolutions that actually carry an attention block (none when attention is off)."""
         return self.attn_resolutions if self.attention else ()
 
+    def attn_resolutions_of(self, network: str) -> tuple[int, ...]:
+        """The attention resolutions of one network, "g" or "d" (none when attention is off or elsewhere)."""
+        return self.active_attn_resolutions if self.attention_in in ("both", network) else ()
+
     def to_json(self) -> str:
-        """Serialise to a JSON string (round-trips through from_json)."""
-        return json.dumps(asdict(self), sort_keys=True)
+        """Serialise to a JSON string (round-trips through from_json); attention_in only when not "both",
+        so the checkpoints of models with attention in both networks stay what earlier versions read."""
+        data = asdict(self)
+        if data["attention_in"] == "both":
+            del data["attention_in"]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
@@ -351,7 +372,7 @@ class Generator(nn.Module):
             {
                 str(res): SelfAttention(widths[i + 1])
                 for i, res in enumerate(resolutions[1:])
-                if res in config.active_attn_resolutions
+                if res in config.attn_resolutions_of("g")
             }
         )
         self.out_bn = nn.BatchNorm2d(widths[-1])
@@ -383,7 +404,7 @@ class Discriminator(nn.Module):
             {
                 str(res): SelfAttention(widths[i + 1])
                 for i, res in enumerate(resolutions[1:])
-                if res in config.active_attn_resolutions
+                if res in config.attn_resolutions_of("d")
             }
         )
         self.resolutions = resolutions

@@ -16,7 +16,7 @@ from .checkpoint import read_checkpoint_info
 from .config import LR_UNCONDITIONAL, MODE_SEEKING_CONDITIONAL, RESUMABLE_OVERRIDES, TrainConfig, config_differences
 from .data import DATASETS, is_folder_dataset, native_shape
 from .errors import UsageError
-from .model import ModelConfig, check_image_shape, feature_resolutions
+from .model import ATTENTION_IN, ModelConfig, attention_sizes, check_image_shape
 from .rundir import RUNS_ROOT, RunDir, unique_run_path
 from .streaming import TrainingData
 from .train import check_training_data
@@ -72,19 +72,34 @@ def _new_config(given: dict[str, Any], model_given: dict[str, Any], conditional:
         given.setdefault("lr_d", LR_UNCONDITIONAL[1])
     try:
         check_image_shape(model_values["image_size"], model_values["channels"], "--image-size", "--channels")
+        _check_attention_placement(model_values)
         model = ModelConfig(**model_values)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    in_both = feature_resolutions(model.image_size)[1:-1]  # G's top map and D's bottom map exist in one net only
-    only_one = [r for r in model.active_attn_resolutions if r not in in_both]
-    if only_one:
-        raise UsageError(
-            f"--attn-res {only_one[0]}: at {model.image_size} px only one of G and D has a {only_one[0]}x{only_one[0]} "
-            f"feature map, and SAGAN puts attention in both; choose from {', '.join(map(str, in_both))}"
-        )
     if is_folder_dataset(dataset):  # stored absolute: a resume from another working directory finds it
         given["dataset"] = str(Path(dataset).expanduser().absolute())
     return TrainConfig(**{**given, "model": model}).validate()
+
+
+def _check_attention_placement(model_values: dict[str, Any]) -> None:
+    """--attn-res and --attention-in in the user's words: every size must exist in each network that gets it."""
+    where = model_values.get("attention_in", "both")
+    if where not in ATTENTION_IN:
+        raise UsageError(f"--attention-in must be both, g or d, got {where!r}")
+    size = model_values["image_size"]
+    g_sizes, d_sizes = attention_sizes(size, "g"), attention_sizes(size, "d")
+    allowed = [r for r in g_sizes if r in d_sizes] if where == "both" else attention_sizes(size, where)
+    for res in model_values.get("attn_resolutions") or ():
+        if res in allowed:
+            continue
+        has = [net.upper() for net, sizes in (("g", g_sizes), ("d", d_sizes)) if res in sizes]
+        if not has:
+            problem = f"neither G nor D has a {res}x{res} feature map"
+        else:
+            problem = f"only {has[0]} has a {res}x{res} feature map"
+            problem += ", and SAGAN puts attention in both" if where == "both" else ""
+        hint = f", or add --attention-in {has[0].lower()}" if has and where == "both" else ""
+        raise UsageError(f"--attn-res {res}: at {size} px {problem}; choose from {', '.join(map(str, allowed))}{hint}")
 
 
 def resolve_resume(

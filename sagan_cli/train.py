@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -143,10 +143,25 @@ def prepare_step(state: TrainState, config: TrainConfig, device: torch.device) -
 def _adam(module: torch.nn.Module, lr: float, config: TrainConfig, device: torch.device) -> torch.optim.Adam:
     """Adam, fused (one kernel for all parameters) where torch has it: several times faster than the loop on CPU."""
     fused = device.type in ("cpu", "cuda")
-    optimizer = torch.optim.Adam(module.parameters(), lr=lr, betas=(config.beta1, config.beta2), fused=fused)
+    optimizer = torch.optim.Adam(_param_groups(module, config), lr=lr, betas=(config.beta1, config.beta2), fused=fused)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"]
     if fused:
         optimizer.register_load_state_dict_post_hook(_match_parameter_layout)
     return optimizer
+
+
+def _param_groups(module: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """One group, or with --gamma-lr-mult a second for the attention gates at that multiple of the rate.
+
+    Only a multiple other than 1 splits: optimizer state is stored by parameter order over the
+    groups, so runs without it keep the order (and checkpoints) of a single group."""
+    gates = [param for name, param in module.named_parameters() if name.rsplit(".", 1)[-1] == "gamma"]
+    if config.gamma_lr_mult == 1 or not gates:
+        return [{"params": list(module.parameters()), "lr_scale": 1.0}]
+    gate_ids = {id(param) for param in gates}
+    rest = [param for param in module.parameters() if id(param) not in gate_ids]
+    return [{"params": rest, "lr_scale": 1.0}, {"params": gates, "lr_scale": config.gamma_lr_mult}]
 
 
 def _match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
@@ -318,7 +333,7 @@ def _set_learning_rates(state: TrainState, config: TrainConfig) -> None:
     factor = min(1.0, (1.0 - run_progress(state, config)) / config.lr_decay)
     for optimizer, lr in ((state.optimizer_g, config.lr_g), (state.optimizer_d, config.lr_d)):
         for group in optimizer.param_groups:
-            group["lr"] = lr * factor
+            group["lr"] = lr * group["lr_scale"] * factor
 
 
 def training_done(state: TrainState, config: TrainConfig) -> bool:

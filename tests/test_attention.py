@@ -171,3 +171,13 @@ def test_model_without_attention_is_a_one_line_error(tmp_path_factory: pytest.Te
     assert result.exit_code == 2
     assert "no self-attention layers" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "a.png").exists()
+
+
+def test_maps_of_a_network_without_attention_are_a_one_line_error(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    checkpoint = untrained_checkpoint(tmp_path_factory, "tiny-g-only", attention_in="g")
+    result = run_cli("attention", checkpoint, "--image", checkpoint, "-o", tmp_path / "a.png")
+    assert result.exit_code == 2
+    assert "only in G" in result.stderr and "drop --image" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "a.png").exists()

@@ -54,6 +54,24 @@ def test_attention_placement_follows_resolution() -> None:
     assert ModelConfig(image_size=28).attn_resolutions == (14,)
 
 
+def test_attention_in_one_network_puts_the_blocks_there_only() -> None:
+    g_only = ModelConfig(image_size=28, attention_in="g", attn_resolutions=(28,), **TINY)  # G's top map
+    assert set(Generator(g_only).attention) == {"28"} and len(Discriminator(g_only).attention) == 0
+    d_only = ModelConfig(image_size=28, attention_in="d", attn_resolutions=(7,), **TINY)  # D's bottom map
+    assert len(Generator(d_only).attention) == 0 and set(Discriminator(d_only).attention) == {"7"}
+    images = torch.randn(2, 1, 28, 28)
+    assert Discriminator(d_only)(images).shape == (2,)
+    assert Generator(g_only)(torch.randn(2, TINY["z_dim"])).shape == (2, 1, 28, 28)
+    for config in (g_only, d_only):
+        assert ModelConfig.from_json(config.to_json()) == config
+    # Attention in both, the paper's model, writes the JSON that versions before --attention-in wrote.
+    assert "attention_in" not in ModelConfig(image_size=28).to_json()
+    with pytest.raises(ValueError, match="choose from"):
+        ModelConfig(image_size=28, attention_in="g", attn_resolutions=(7,))  # G has no block output at 7x7
+    with pytest.raises(ValueError, match="attention_in"):
+        ModelConfig(image_size=28, attention_in="G+D")
+
+
 def test_default_d_width_follows_image_size_and_is_stored_resolved() -> None:
     # 64 up to 32 px (the width with a measured full-length default run), 32 from 64 px on (docs/results.md).
     assert [ModelConfig(image_size=s).d_width for s in (28, 32, 64, 128, 256)] == [32, 32, 32, 32, 32]

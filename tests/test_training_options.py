@@ -98,6 +98,15 @@ def test_bad_values_of_the_new_options_are_refused(tmp_path: Path) -> None:
         EXIT_USAGE,
         "translation,cutout",
     )
+    assert_one_error(
+        run_cli("train", *TINY_TRAIN_FLAGS, "--gamma-lr-mult", "-1", "--out", tmp_path), EXIT_USAGE, "--gamma-lr-mult"
+    )
+    assert_one_error(
+        run_cli("train", *TINY_TRAIN_FLAGS, "--attn-res", "7", "--out", tmp_path), EXIT_USAGE, "--attention-in d"
+    )
+    assert_one_error(
+        run_cli("train", *TINY_TRAIN_FLAGS, "--attention-in", "gd", "--out", tmp_path), EXIT_USAGE, "--attention-in"
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -119,6 +128,42 @@ def test_lr_decay_is_constant_then_linear_to_zero_by_steps_or_by_minutes() -> No
     state.step, state.train_seconds = 10, 54.0
     _set_learning_rates(state, timed)
     assert state.optimizer_g.param_groups[0]["lr"] == pytest.approx(4e-4)
+
+
+def test_gamma_lr_mult_moves_only_the_attention_gates_faster() -> None:
+    from sagan_cli.config import TrainConfig
+    from sagan_cli.model import ModelConfig
+    from sagan_cli.train import _set_learning_rates, build_state
+
+    model = ModelConfig(g_width=4, d_width=4, z_dim=4)
+    plain = build_state(TrainConfig(lr_g=1e-3, lr_d=2e-3, model=model), torch.device("cpu"))
+    config = TrainConfig(lr_g=1e-3, lr_d=2e-3, gamma_lr_mult=10, lr_decay=0.5, max_steps=100, model=model)
+    fast = build_state(config, torch.device("cpu"))
+    for state in (plain, fast):
+        for network, optimizer in ((state.generator, state.optimizer_g), (state.discriminator, state.optimizer_d)):
+            for param in network.parameters():
+                param.grad = torch.ones_like(param)  # Adam's first step moves every parameter by its rate
+            optimizer.step()
+    g_gate, d_gate = fast.generator.attention["14"].gamma.detach(), fast.discriminator.attention["14"].gamma.detach()
+    assert float(g_gate) == pytest.approx(-1e-2, rel=1e-3) and float(d_gate) == pytest.approx(-2e-2, rel=1e-3)
+    assert float(plain.generator.attention["14"].gamma.detach()) == pytest.approx(-1e-3, rel=1e-3)
+    # Everything else moves as without the option.
+    assert torch.equal(fast.generator.out_conv.bias, plain.generator.out_conv.bias)
+    fast.step = 75  # half way through the decay: gates and weights keep their ratio
+    _set_learning_rates(fast, config)
+    assert [group["lr"] for group in fast.optimizer_g.param_groups] == [pytest.approx(5e-4), pytest.approx(5e-3)]
+
+
+def test_gamma_lr_mult_and_one_network_attention_train_and_resume(tmp_path: Path) -> None:
+    options = ["--gamma-lr-mult", "10", "--attention-in", "d", "--attn-res", "7"]
+    result = run_cli("train", *TINY_TRAIN_FLAGS, *options, "--out", tmp_path, "--name", "g")
+    assert result.exit_code == 0, result.stderr
+    final = tmp_path / "g" / "checkpoints" / "final.safetensors"
+    info = read_checkpoint_info(final)
+    assert info.model.attention_in == "d" and info.model.attn_resolutions == (7,)
+    resumed = run_cli("train", "--resume", final, "--max-steps", "6")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert read_checkpoint_info(final).step == 6
 
 
 def test_mode_seeking_punishes_a_generator_that_ignores_its_latent_within_a_class() -> None:

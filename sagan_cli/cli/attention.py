@@ -72,7 +72,9 @@ def attention(
     seed = DEFAULTS.seed if seed is None else seed
     check_seed(seed)
     model = read_checkpoint_info(checkpoint).model
-    check_has_attention(model, str(checkpoint))  # before any other check: nothing else matters without attention
+    check_has_attention(
+        model, str(checkpoint), "g" if image is None else "d"
+    )  # before any other check: nothing else matters without attention
     query_list = parse_queries(queries or [], model.image_size)
     if output is None and not json_output:
         output = Path(DEFAULTS.output)

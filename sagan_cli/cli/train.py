@@ -83,6 +83,11 @@ def train(
         None, "--attention/--no-attention", help="Self-attention in G and D (default: attention)"
     ),
     attn_res: str | None = typer.Option(None, "--attn-res", help=ATTN_RES_HELP),
+    attention_in: str | None = typer.Option(
+        None,
+        "--attention-in",
+        help="Which networks get the attention blocks: both (the paper), g or d (default: both)",
+    ),
     conditional: bool | None = typer.Option(
         None,
         "--conditional/--no-conditional",
@@ -124,6 +129,12 @@ def train(
         "--lr-decay",
         help="Fraction of the run (steps, or minutes with --max-minutes) at its end over which both learning "
         f"rates fall linearly to 0 {_default('lr_decay')}",
+    ),
+    gamma_lr_mult: float | None = typer.Option(
+        None,
+        "--gamma-lr-mult",
+        help="Learning rate of the attention gates (gamma) as a multiple of their network's rate "
+        f"{_default('gamma_lr_mult')}",
     ),
     augment: str | None = typer.Option(
         None,
@@ -227,6 +238,7 @@ def train(
         "d_width": d_width,
         "attention": attention,
         "attn_resolutions": _parse_resolutions(attn_res),
+        "attention_in": attention_in,
     }
     model_given = {key: value for key, value in model_values.items() if value is not None}
     if config_file is not None:  # the file's keys count as flags; flags given here win
