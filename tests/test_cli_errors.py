@@ -287,9 +287,9 @@ def test_unknown_dataset_name_lists_the_known_ones(tmp_path: Path) -> None:
         (["--seed", "-1"], "--seed must be in"),
         (["--seed", str(2**40)], "--seed must be in"),
         (["--channels", "2"], "--channels must be 1 or 3"),
-        (["--attn-res", "5"], "attention resolution(s) [5] do not exist"),
+        (["--attn-res", "5"], "--attn-res 5: at 28 px neither G nor D has a 5x5 feature map"),
         # Was: accepted, and D (whose maps are 14 and 7) silently got no attention at all.
-        (["--attn-res", "28"], "--attn-res 28: at 28 px only one of G and D has a 28x28 feature map"),
+        (["--attn-res", "28"], "--attn-res 28: at 28 px only G has a 28x28 feature map"),
         (["--lr-d", "inf"], "--lr-d must be a positive finite number, got inf"),
         (["--lr-g", "nan"], "--lr-g must be a positive finite number, got nan"),
         # Was: accepted, and the run's checkpoints then failed to load ("wrong type").
