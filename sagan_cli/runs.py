@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import read_checkpoint_info
-from .config import LR_UNCONDITIONAL, MODE_SEEKING_CONDITIONAL, RESUMABLE_OVERRIDES, TrainConfig, config_differences
+from .config import (
+    AUGMENT_FOLDERS,
+    LR_UNCONDITIONAL,
+    MODE_SEEKING_CONDITIONAL,
+    RESUMABLE_OVERRIDES,
+    TrainConfig,
+    config_differences,
+)
 from .data import DATASETS, is_folder_dataset, native_shape
 from .errors import UsageError
 from .model import ATTENTION_IN, ModelConfig, attention_sizes, check_image_shape
@@ -78,6 +85,7 @@ def _new_config(given: dict[str, Any], model_given: dict[str, Any], conditional:
         raise UsageError(str(exc)) from None
     if is_folder_dataset(dataset):  # stored absolute: a resume from another working directory finds it
         given["dataset"] = str(Path(dataset).expanduser().absolute())
+        given.setdefault("augment", AUGMENT_FOLDERS)  # a user's folder is small enough for D to memorise
     return TrainConfig(**{**given, "model": model}).validate()
 
 

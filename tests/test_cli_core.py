@@ -194,6 +194,11 @@ def test_train_on_an_image_folder(tmp_path: Path) -> None:
     info = read_checkpoint_info(Path(result.stdout.strip()))
     assert (info.model.image_size, info.model.channels, info.model.attn_resolutions) == (32, 3, (16,))
     assert info.model.num_classes == 0  # a folder has no labels: unconditional by default, without error
+    # D sees translated images by default on a folder (a small set it would memorise), and not on MNIST.
+    assert info.train is not None and info.train.augment == "translation"
+    opted_out = run_cli("train", "--dataset", folder, "--image-size", "32", "--augment", "none", "--print-config")
+    assert json.loads(opted_out.stdout)["augment"] == "none"
+    assert json.loads(run_cli("train", "--dataset", "mnist", "--print-config").stdout)["augment"] == "none"
 
 
 def test_help_version_and_module_entry_point() -> None:

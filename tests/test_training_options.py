@@ -262,7 +262,9 @@ def test_a_long_run_on_a_small_folder_is_told_once_that_d_may_memorise_it(tmp_pa
     for i in range(8):
         Image.new("L", (28, 28), 20 + 30 * i).save(folder / f"{i}.png")
     quiet = ["--log-every", "100", "--sample-every", "100", "--save-every", "100"]
+    # Folders are augmented by default; a user who turned it off is told.
     flags = [*TINY_TRAIN_FLAGS, *quiet, "--max-steps", str(MEMORISATION_EPOCHS + 2), "--dataset", folder]
+    flags += ["--augment", "none"]
     result = run_cli("train", *flags, "--image-size", "28", "--channels", "1", "--out", tmp_path / "runs")
     assert result.exit_code == 0, result.stderr
     notes = [line for line in result.stderr.splitlines() if "seen 50 times" in line]  # batch 8 of 8: at step 50

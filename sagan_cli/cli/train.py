@@ -140,7 +140,7 @@ def train(
         None,
         "--augment",
         help="DiffAugment of D's real and fake inputs alike: none, or color, translation, cutout joined by commas "
-        f"(e.g. translation,cutout) {_default('augment')}",
+        "(e.g. translation,cutout) (default: translation for image folders, none for built-in datasets)",
     ),
     mode_seeking: float | None = typer.Option(
         None,
