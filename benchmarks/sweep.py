@@ -40,6 +40,9 @@ VARIANTS: dict[str, list[str]] = {
     "default": ["--dataset", "mnist", "--attention"],
     "default-noattn": ["--dataset", "mnist", "--no-attention"],
     "default-uncond": DEFAULT_UNCOND,
+    # Attention within issue 12's 5-minute budget: gates that learn 10x faster, or attention in one network only.
+    "default-glr10": ["--dataset", "mnist", "--attention", "--gamma-lr-mult", "10"],
+    "default-attn-g": ["--dataset", "mnist", "--attention", "--attention-in", "g"],
     # Mode seeking for the unconditional model (issue 12: its 6s are under-drawn), over every pair of a batch.
     "default-uncond-ms03": [*DEFAULT_UNCOND, "--lr-g", "2e-4", "--lr-d", "8e-4", "--mode-seeking", "0.3"],
     "default-uncond-ms1": [*DEFAULT_UNCOND, "--lr-g", "2e-4", "--lr-d", "8e-4", "--mode-seeking", "1"],
