@@ -55,6 +55,9 @@ VARIANTS: dict[str, list[str]] = {
     "default-uncond-decay": [*DEFAULT_UNCOND, "--lr-decay", "0.3"],
     # A wider D for unconditional runs only (width 64 learned more per step in the first sweep).
     "default-uncond-d64": [*DEFAULT_UNCOND, "--d-width", "64"],
+    # Issue 12's regulariser lever: the zero-centred R1 penalty on D's real inputs (lazy, every 16 steps).
+    "default-uncond-r01": [*DEFAULT_UNCOND, "--r1", "0.1"],
+    "default-uncond-r1": [*DEFAULT_UNCOND, "--r1", "1"],
     # The sweep of issue 12 (the defaults then: conditional, D width 64, lr 1e-4 / 4e-4), flags spelled out.
     "base": [*COND, "--d-width", "64", "--lr-g", "1e-4", "--lr-d", "4e-4"],  # the defaults before issue 12, conditional
     "d32": [*COND, "--d-width", "32", "--lr-g", "1e-4", "--lr-d", "4e-4"],

@@ -52,12 +52,16 @@ OMITTED_AT_DEFAULT = (
     "data_workers",
     "mode_seeking",
     "gamma_lr_mult",
+    "r1",
 )
 
 # The mode-seeking weight a new class-conditional run gets unless --mode-seeking is given (runs._new_config).
 # Without it the conditional G ignored its latent within each class; 1.0 kept variety but cost class
 # accuracy (docs/results.md). The dataclass default stays 0, what runs written before it trained with.
 MODE_SEEKING_CONDITIONAL = 0.3
+# --r1 is applied lazily (StyleGAN2): every R1_EVERY steps, weighted by R1_EVERY, so it costs about
+# one extra D backward in R1_EVERY steps.
+R1_EVERY = 16
 # Adam learning rates (G, D) a new unconditional run gets unless --lr-g / --lr-d are given (runs._new_config).
 # An unconditional G learns far more per step at 4e-4 / 4e-4 than at the conditional 2e-4 / 8e-4: digits-FID
 # 2.6 / 2.5 against 6.4 / 6.6 at 2,800 steps, two seeds (docs/results.md). The dataclass defaults stay the
@@ -103,6 +107,9 @@ class TrainConfig:
     lr_decay: float = 0.0  # fraction of the run at its end over which both learning rates fall linearly to 0
     mode_seeking: float = 0.0  # MSGAN term in G's loss; 0 = off (new conditional runs: MODE_SEEKING_CONDITIONAL)
     gamma_lr_mult: float = 1.0  # the attention gates' Adam rate as a multiple of their network's rate
+    r1: float = (
+        0.0  # weight gamma of the zero-centred R1 penalty on D's real inputs (lazy: every R1_EVERY steps); 0 = off
+    )
     augment: str = "none"  # DiffAugment of D's inputs: none, or color/translation/cutout joined by commas (folders: AUGMENT_FOLDERS)
     ema: bool = True
     ema_decay: float = 0.999
@@ -182,6 +189,8 @@ class TrainConfig:
             raise UsageError(
                 f"--gamma-lr-mult must be a positive number (1 = the network's rate), got {self.gamma_lr_mult}"
             )
+        if not (math.isfinite(self.r1) and self.r1 >= 0):
+            raise UsageError(f"--r1 must be 0 (off) or a positive weight such as 0.1, got {self.r1}")
         if not 0 <= self.lr_decay <= 1:
             raise UsageError(f"--lr-decay must be in [0, 1] (the fraction of the run that decays), got {self.lr_decay}")
         from .augment import parse_policy

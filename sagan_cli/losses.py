@@ -76,3 +76,14 @@ def mode_seeking(images: torch.Tensor, z: torch.Tensor, labels: torch.Tensor | N
     ratio = (weights * image_gap / (z_gap + torch.eye(len(z), device=z.device))).sum() / weights.sum().clamp(min=1)
     # A batch (or a rank's shard) with no two samples of one class has nothing to compare: 0, not 1e5.
     return torch.where(weights.sum() > 0, 1.0 / (ratio + 1e-5), torch.zeros_like(ratio))
+
+
+def r1_penalty(d_real: torch.Tensor, inputs: torch.Tensor, n: int) -> torch.Tensor:
+    """Zero-centred R1 penalty (Mescheder et al. 2018): the mean over the real images of |dD(x)/dx|^2.
+
+    d_real (n,) are D's scores of inputs[:n]; inputs (2n, C, S, S) is the leaf D saw, with
+    requires_grad. The gradient stays in the graph (create_graph), so D's step also descends the
+    penalty; the caller weights it (gamma / 2, times the lazy interval).
+    """
+    (grad,) = torch.autograd.grad(d_real.sum(), inputs, create_graph=True)  # (2n, C, S, S); the fake rows are 0
+    return grad[:n].float().square().flatten(1).sum(1).mean()

@@ -10,26 +10,29 @@ not depend on the number of processes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import signal
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import distributed
 from .augment import augment
 from .checkpoint import load_module_state, load_optimizer_state, read_checkpoint_info, save_checkpoint
-from .config import TrainConfig
+from .config import R1_EVERY, TrainConfig
 from .data import to_model_range
 from .errors import EXIT_SIGINT, EXIT_SIGTERM, DivergenceError, Interrupted, UsageError
 from .images import make_grid
 from .logs import no_log
-from .losses import get_loss, mode_seeking
+from .losses import get_loss, mode_seeking, r1_penalty
 from .model import Discriminator, Generator, attention_gammas
 from .precision import Precision, backward_and_step, load_scaler_metadata, resolve_precision, scaler_metadata
 from .rundir import BEST_NAME, RunDir
@@ -235,6 +238,18 @@ def ema_decay_at(step: int, config: TrainConfig) -> float:
     return min(config.ema_decay, (1.0 + step) / (10.0 + step))
 
 
+@contextlib.contextmanager
+def _without_ddp_stride_warning() -> Iterator[None]:
+    """Silence one harmless DDP warning for a backward that includes the R1 penalty.
+
+    The penalty's double backward gives D's (1, K) head weight a gradient with strides (1, 1), the
+    same memory as the weight's (K, 1), which DDP's reducer reports as a layout mismatch.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        yield
+
+
 def train_step(
     state: TrainState,
     data: TrainingData,
@@ -287,12 +302,20 @@ def train_step(
         labels = None if real_labels is None or fake_labels is None else torch.cat([real_labels, fake_labels])
         augment_rng = step_generator(config.seed, state.step * config.d_steps + d_step, STREAM_AUGMENT)
         both = augment(torch.cat([real, fake.detach().to(real.dtype)]), config.augment, augment_rng)  # (2n, C, S, S)
-        with setup.precision.autocast():
+        penalise = config.r1 > 0 and d_step == 0 and state.step % R1_EVERY == 0
+        if penalise:
+            both.requires_grad_(True)  # a leaf: neither half carries a graph
+        # The penalty back-propagates through D's input gradient, which the fused attention kernels cannot.
+        kernels = sdpa_kernel(SDPBackend.MATH) if penalise else contextlib.nullcontext()
+        with setup.precision.autocast(), kernels:
             scores = D(both.contiguous(memory_format=memory_format), labels).float()  # (2n,): one D pass for both
         d_real, d_fake = scores[:n], scores[n:]
         loss_d = loss.discriminator(d_real, d_fake)
+        if penalise:
+            loss_d = loss_d + (config.r1 / 2 * R1_EVERY) * r1_penalty(d_real, both, n)
         state.optimizer_d.zero_grad(set_to_none=True)
-        backward_and_step(loss_d, state.optimizer_d, setup.scaler_d)
+        with _without_ddp_stride_warning() if penalise else contextlib.nullcontext():
+            backward_and_step(loss_d, state.optimizer_d, setup.scaler_d)
 
     # The G step calls D itself, not its DDP wrapper: D's weights get no gradients here (and must
     # not, or DDP would reduce them outside its D step); gradients flow through D into G's DDP.

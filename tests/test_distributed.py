@@ -90,6 +90,15 @@ def test_same_command_and_world_size_give_the_same_weights(ddp_run, tmp_path) ->
     )
 
 
+def test_torchrun_trains_with_the_r1_penalty(tmp_path) -> None:
+    # The penalty back-propagates through D's input gradient (a double backward) inside DDP's D step.
+    result = torchrun(*DDP_FLAGS, "--attention", "--r1", "1", "--out", tmp_path, "--name", "r1")
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr.lower() and "error" not in result.stderr.lower()
+    config = read_checkpoint_info(tmp_path / "r1" / "checkpoints" / "final.safetensors").train
+    assert config is not None and config.r1 == 1
+
+
 def test_torchrun_resumes_a_single_process_run(tiny_run, tmp_path) -> None:
     copy = tmp_path / "tiny"
     shutil.copytree(tiny_run, copy)

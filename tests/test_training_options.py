@@ -221,6 +221,47 @@ def test_mode_seeking_trains_and_is_recorded_and_refused_when_negative(tmp_path:
     )
 
 
+def test_r1_penalty_is_the_squared_input_gradient_of_the_real_scores_only() -> None:
+    from sagan_cli.losses import r1_penalty
+
+    weight = torch.tensor([[[[1.0, -2.0], [0.5, 0.0]]]], requires_grad=True)  # D(x) = <w, x>: input gradient w
+    inputs = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    scores = (inputs * weight).flatten(1).sum(1) * torch.tensor([1.0, 1.0, 3.0, 3.0])  # the fakes (rows 2, 3) differ
+    penalty = r1_penalty(scores[:2], inputs, 2)
+    assert float(penalty.detach()) == pytest.approx(1 + 4 + 0.25)  # |w|^2, the fake rows not counted
+    penalty.backward()  # kept in the graph, so D's step descends it: d|w|^2/dw = 2w
+    assert weight.grad is not None and torch.allclose(weight.grad, 2 * weight.detach())
+
+
+def _d_input_gradient_norm(r1: float) -> float:
+    """|grad_x D(x)|^2 on the real images after one training step from the same start with --r1 r1."""
+    from sagan_cli.config import TrainConfig
+    from sagan_cli.data import ImageData, to_model_range
+    from sagan_cli.model import ModelConfig
+    from sagan_cli.train import build_state, train_step
+
+    images = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    data = ImageData(images, None, 0, "noise", "random pixels")
+    config = TrainConfig(batch_size=8, lr_d=1e-2, r1=r1, model=ModelConfig(g_width=4, d_width=4, z_dim=8))
+    state = build_state(config, torch.device("cpu"))  # D with self-attention at 14x14: the penalty's path through it
+    train_step(state, data, config, torch.device("cpu"))  # step 0: a penalised step
+    real = to_model_range(images).requires_grad_(True)
+    (grad,) = torch.autograd.grad(state.discriminator(real, None).sum(), real)
+    return float(grad.square().flatten(1).sum(1).mean())
+
+
+def test_an_r1_step_flattens_d_around_the_real_images() -> None:
+    assert _d_input_gradient_norm(r1=100.0) < 0.5 * _d_input_gradient_norm(r1=0.0)
+
+
+def test_r1_trains_with_attention_in_d_is_recorded_and_refused_when_negative(tmp_path: Path) -> None:
+    result = run_cli("train", *TINY_TRAIN_FLAGS, "--attention", "--r1", "0.5", "--out", tmp_path, "--name", "r")
+    assert result.exit_code == 0, result.stderr
+    config = read_checkpoint_info(tmp_path / "r" / "checkpoints" / "final.safetensors").train
+    assert config is not None and config.r1 == 0.5 and config.model.attention and config.model.attention_in == "both"
+    assert_one_error(run_cli("train", *TINY_TRAIN_FLAGS, "--r1", "-1", "--out", tmp_path), EXIT_USAGE, "--r1")
+
+
 def test_new_conditional_runs_seek_modes_by_default_and_older_runs_keep_training_without() -> None:
     from sagan_cli.config import MODE_SEEKING_CONDITIONAL, TrainConfig
     from sagan_cli.runs import resolve_new

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
-from ..config import LR_UNCONDITIONAL, MODE_SEEKING_CONDITIONAL, TrainConfig
+from ..config import LR_UNCONDITIONAL, MODE_SEEKING_CONDITIONAL, R1_EVERY, TrainConfig
 from ..data import DATASETS
 from ..errors import EXIT_FAILURE, Interrupted, UsageError
 from ..model import SUPPORTED_IMAGE_SIZES, ModelConfig, default_attention_resolutions, default_d_width
@@ -135,6 +135,12 @@ def train(
         "--gamma-lr-mult",
         help="Learning rate of the attention gates (gamma) as a multiple of their network's rate "
         f"{_default('gamma_lr_mult')}",
+    ),
+    r1: float | None = typer.Option(
+        None,
+        "--r1",
+        help="Weight gamma of the zero-centred R1 gradient penalty on D's real inputs "
+        f"(gamma/2)|grad D(x)|^2, applied every {R1_EVERY} steps; 0 turns it off {_default('r1')}",
     ),
     augment: str | None = typer.Option(
         None,
