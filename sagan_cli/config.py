@@ -107,9 +107,7 @@ class TrainConfig:
     lr_decay: float = 0.0  # fraction of the run at its end over which both learning rates fall linearly to 0
     mode_seeking: float = 0.0  # MSGAN term in G's loss; 0 = off (new conditional runs: MODE_SEEKING_CONDITIONAL)
     gamma_lr_mult: float = 1.0  # the attention gates' Adam rate as a multiple of their network's rate
-    r1: float = (
-        0.0  # weight gamma of the zero-centred R1 penalty on D's real inputs (lazy: every R1_EVERY steps); 0 = off
-    )
+    r1: float = 0.0  # weight of the zero-centred R1 penalty on D's real inputs, every R1_EVERY steps; 0 = off
     augment: str = "none"  # DiffAugment of D's inputs: none, or color/translation/cutout joined by commas (folders: AUGMENT_FOLDERS)
     ema: bool = True
     ema_decay: float = 0.999

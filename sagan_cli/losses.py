@@ -78,7 +78,7 @@ def mode_seeking(images: torch.Tensor, z: torch.Tensor, labels: torch.Tensor | N
     return torch.where(weights.sum() > 0, 1.0 / (ratio + 1e-5), torch.zeros_like(ratio))
 
 
-def r1_penalty(d_real: torch.Tensor, inputs: torch.Tensor, n: int) -> torch.Tensor:
+def r1_penalty(d_real: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """Zero-centred R1 penalty (Mescheder et al. 2018): the mean over the real images of |dD(x)/dx|^2.
 
     d_real (n,) are D's scores of inputs[:n]; inputs (2n, C, S, S) is the leaf D saw, with
@@ -86,4 +86,4 @@ def r1_penalty(d_real: torch.Tensor, inputs: torch.Tensor, n: int) -> torch.Tens
     penalty; the caller weights it (gamma / 2, times the lazy interval).
     """
     (grad,) = torch.autograd.grad(d_real.sum(), inputs, create_graph=True)  # (2n, C, S, S); the fake rows are 0
-    return grad[:n].float().square().flatten(1).sum(1).mean()
+    return grad[: len(d_real)].float().square().flatten(1).sum(1).mean()

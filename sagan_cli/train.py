@@ -312,7 +312,7 @@ def train_step(
         d_real, d_fake = scores[:n], scores[n:]
         loss_d = loss.discriminator(d_real, d_fake)
         if penalise:
-            loss_d = loss_d + (config.r1 / 2 * R1_EVERY) * r1_penalty(d_real, both, n)
+            loss_d = loss_d + (config.r1 / 2 * R1_EVERY) * r1_penalty(d_real, both)
         state.optimizer_d.zero_grad(set_to_none=True)
         with _without_ddp_stride_warning() if penalise else contextlib.nullcontext():
             backward_and_step(loss_d, state.optimizer_d, setup.scaler_d)

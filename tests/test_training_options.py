@@ -227,7 +227,7 @@ def test_r1_penalty_is_the_squared_input_gradient_of_the_real_scores_only() -> N
     weight = torch.tensor([[[[1.0, -2.0], [0.5, 0.0]]]], requires_grad=True)  # D(x) = <w, x>: input gradient w
     inputs = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0), requires_grad=True)
     scores = (inputs * weight).flatten(1).sum(1) * torch.tensor([1.0, 1.0, 3.0, 3.0])  # the fakes (rows 2, 3) differ
-    penalty = r1_penalty(scores[:2], inputs, 2)
+    penalty = r1_penalty(scores[:2], inputs)
     assert float(penalty.detach()) == pytest.approx(1 + 4 + 0.25)  # |w|^2, the fake rows not counted
     penalty.backward()  # kept in the graph, so D's step descends it: d|w|^2/dw = 2w
     assert weight.grad is not None and torch.allclose(weight.grad, 2 * weight.detach())
@@ -254,7 +254,7 @@ def test_an_r1_step_flattens_d_around_the_real_images() -> None:
     assert _d_input_gradient_norm(r1=100.0) < 0.5 * _d_input_gradient_norm(r1=0.0)
 
 
-def test_r1_trains_with_attention_in_d_is_recorded_and_refused_when_negative(tmp_path: Path) -> None:
+def test_r1_trains_through_attention_is_recorded_and_refused_when_negative(tmp_path: Path) -> None:
     result = run_cli("train", *TINY_TRAIN_FLAGS, "--attention", "--r1", "0.5", "--out", tmp_path, "--name", "r")
     assert result.exit_code == 0, result.stderr
     config = read_checkpoint_info(tmp_path / "r" / "checkpoints" / "final.safetensors").train
