@@ -109,7 +109,7 @@ def generator_attention(generator: Generator, seed: int, class_index: int | None
     """G's image for `seed` (as `sagan sample -n 1 --seed S`) and the attention it used to draw it."""
     config = generator.config
     latents = sample_latents(1, config.z_dim, seed)
-    labels = sample_labels(1, config.num_classes, seed, class_index)
+    labels = sample_labels(1, config.num_classes, seed, class_index, config.class_weights)
     with capturing(generator) as layers:
         image = generate(generator, latents, labels)[0]  # (C, S, S) uint8
         return AttentionResult(image, "G", _collect("G", layers))

@@ -53,11 +53,14 @@ OMITTED_AT_DEFAULT = (
     "mode_seeking",
     "gamma_lr_mult",
     "r1",
+    "clusters",
 )
 
 # The mode-seeking weight a new class-conditional run gets unless --mode-seeking is given (runs._new_config).
 # Without it the conditional G ignored its latent within each class; 1.0 kept variety but cost class
-# accuracy (docs/results.md). The dataclass default stays 0, what runs written before it trained with.
+# accuracy (docs/results.md). --clusters runs get it and the conditional rates too: at G 4e-4 / D 4e-4 without
+# it they collapsed within each cluster (digits-FID 8.6 against 2.2, docs/results.md). The dataclass
+# default stays 0, what runs written before it trained with.
 MODE_SEEKING_CONDITIONAL = 0.3
 # --r1 is applied lazily (StyleGAN2): every R1_EVERY steps, weighted by R1_EVERY, so it costs about
 # one extra D backward in R1_EVERY steps.
@@ -72,6 +75,7 @@ LR_UNCONDITIONAL = (4e-4, 4e-4)
 # step 2,750 (about the default run's length) and 86% / 86% at 7,031 (seeds 0 / 1), against 0.0% /
 # 0.1% and 0% / 0% with it (docs/results.md). Built-in datasets keep the dataclass default, none.
 AUGMENT_FOLDERS = "translation"
+MAX_CLUSTERS = 1000  # --clusters; ModelConfig checkpoints allow up to 1000 classes
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # --precision; resolved per device in precision.py
 MAX_SEED = 2**32 - 1  # per-step generators are seeded from (seed, step); larger seeds overflow them
 MAX_CONFIG_INT = 2**40  # no count, size or step of a real run comes near this
@@ -108,6 +112,7 @@ class TrainConfig:
     mode_seeking: float = 0.0  # MSGAN term in G's loss; 0 = off (new conditional runs: MODE_SEEKING_CONDITIONAL)
     gamma_lr_mult: float = 1.0  # the attention gates' Adam rate as a multiple of their network's rate
     r1: float = 0.0  # weight of the zero-centred R1 penalty on D's real inputs, every R1_EVERY steps; 0 = off
+    clusters: int = 0  # > 0: train conditionally on this many k-means clusters of the images (clusters.py)
     augment: str = "none"  # DiffAugment of D's inputs: none, or color/translation/cutout joined by commas (folders: AUGMENT_FOLDERS)
     ema: bool = True
     ema_decay: float = 0.999
@@ -189,6 +194,10 @@ class TrainConfig:
             )
         if not (math.isfinite(self.r1) and self.r1 >= 0):
             raise UsageError(f"--r1 must be 0 (off) or a positive weight such as 0.1, got {self.r1}")
+        if not 0 <= self.clusters <= MAX_CLUSTERS:
+            raise UsageError(
+                f"--clusters must be 0 (off) or a number of clusters up to {MAX_CLUSTERS}, got {self.clusters}"
+            )
         if not 0 <= self.lr_decay <= 1:
             raise UsageError(f"--lr-decay must be in [0, 1] (the fraction of the run that decays), got {self.lr_decay}")
         from .augment import parse_policy
@@ -255,7 +264,7 @@ def _has_type_of(value: Any, default: Any) -> bool:
     if isinstance(default, str):
         return isinstance(value, str)
     if isinstance(default, tuple):
-        return isinstance(value, (list, tuple)) and len(value) <= 16 and all(is_int(v) for v in value)
+        return isinstance(value, (list, tuple)) and len(value) <= MAX_CLUSTERS and all(is_int(v) for v in value)
     return default is not None or value is None or isinstance(value, str)
 
 

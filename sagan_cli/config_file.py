@@ -93,9 +93,11 @@ def merge_config_file(
     """
     file_train, file_model = read_config_file(path)
     file_classes = file_model.pop("num_classes", None)
-    if conditional is None and file_classes is not None:
+    file_model.pop("class_weights", None)  # the cluster sizes a --clusters run measured on its data: not a setting
+    merged = {**file_train, **given}
+    if conditional is None and file_classes is not None and not merged.get("clusters"):
         conditional = file_classes > 0
-    return {**file_train, **given}, {**file_model, **model_given}, conditional
+    return merged, {**file_model, **model_given}, conditional
 
 
 def check_num_classes(path: Path, config: TrainConfig) -> None:

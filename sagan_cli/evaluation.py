@@ -135,11 +135,11 @@ def reference_from_data(data: ImageData, num_samples: int, name: str) -> Referen
 
 
 def plan_latents(
-    num_samples: int, z_dim: int, num_classes: int, options: EvalOptions
+    num_samples: int, model: ModelConfig, options: EvalOptions
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The latents (N, z_dim) and labels (N,) | None that `sagan sample --seed S -n N` would use."""
-    latents = sample_latents(num_samples, z_dim, options.seed, options.truncation)
-    return latents, sample_labels(num_samples, num_classes, options.seed)
+    latents = sample_latents(num_samples, model.z_dim, options.seed, options.truncation)
+    return latents, sample_labels(num_samples, model.num_classes, options.seed, None, model.class_weights)
 
 
 def score_generator(
@@ -152,7 +152,7 @@ def score_generator(
     log: Log = no_log,
 ) -> tuple[dict[str, float], float]:
     """Metrics of one generator against a reference (None for IS alone), and its sampling speed (images/s)."""
-    latents, labels = plan_latents(options.num_samples, model.z_dim, model.num_classes, options)
+    latents, labels = plan_latents(options.num_samples, model, options)
     samples = GeneratorInput(generator, latents, labels, options.batch_size)
     cache_name = None
     if reference is not None:

@@ -92,6 +92,7 @@ class ModelConfig:
     attn_resolutions: tuple[int, ...] = field(default_factory=tuple)  # empty = default placement
     attention_in: str = "both"  # "g" or "d": only that network gets the attention blocks
     num_classes: int = 0  # > 0: class-conditional (conditional BN in G, projection D)
+    class_weights: tuple[int, ...] = field(default_factory=tuple)  # how often samples draw each class; () = uniform
 
     def __post_init__(self) -> None:
         check_image_shape(self.image_size, self.channels)
@@ -102,6 +103,10 @@ class ModelConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+        weights = tuple(int(w) for w in self.class_weights)
+        object.__setattr__(self, "class_weights", weights)
+        if weights and (len(weights) != self.num_classes or min(weights) < 0 or sum(weights) == 0):
+            raise ValueError(f"class_weights must be {self.num_classes} counts >= 0, not all 0; got {len(weights)}")
         if self.attention_in not in ATTENTION_IN:
             raise ValueError(f"attention_in must be one of {', '.join(ATTENTION_IN)}, got {self.attention_in!r}")
         attn = tuple(int(r) for r in self.attn_resolutions) or default_attention_resolutions(self.image_size)
@@ -124,11 +129,13 @@ class ModelConfig:
         return self.active_attn_resolutions if self.attention_in in ("both", network) else ()
 
     def to_json(self) -> str:
-        """Serialise to a JSON string (round-trips through from_json); attention_in only when not "both",
-        so the checkpoints of models with attention in both networks stay what earlier versions read."""
+        """Serialise to a JSON string (round-trips through from_json); attention_in only when not "both"
+        and class_weights only when set, so the checkpoints of other models stay what earlier versions read."""
         data = asdict(self)
         if data["attention_in"] == "both":
             del data["attention_in"]
+        if not data["class_weights"]:
+            del data["class_weights"]
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -143,6 +150,8 @@ class ModelConfig:
             raise ValueError(f"unknown model config keys: {unknown}")
         if "attn_resolutions" in raw:
             raw["attn_resolutions"] = tuple(raw["attn_resolutions"])
+        if "class_weights" in raw:
+            raw["class_weights"] = tuple(raw["class_weights"])
         return cls(**raw)
 
 

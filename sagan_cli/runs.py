@@ -8,11 +8,13 @@ directory. Every check runs before anything on disk changes: a refused run leave
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import read_checkpoint_info
+from .clusters import cluster_images
 from .config import (
     AUGMENT_FOLDERS,
     LR_UNCONDITIONAL,
@@ -21,8 +23,9 @@ from .config import (
     TrainConfig,
     config_differences,
 )
-from .data import DATASETS, is_folder_dataset, native_shape
+from .data import DATASETS, ImageData, is_folder_dataset, native_shape
 from .errors import UsageError
+from .logs import Log, no_log
 from .model import ATTENTION_IN, ModelConfig, attention_sizes, check_image_shape
 from .rundir import RUNS_ROOT, RunDir, unique_run_path
 from .streaming import TrainingData
@@ -65,14 +68,19 @@ def resolve_new(
 def _new_config(given: dict[str, Any], model_given: dict[str, Any], conditional: bool | None) -> TrainConfig:
     dataset = given.get("dataset", TrainConfig().dataset)
     channels, image_size, num_classes = native_shape(dataset)
+    clusters = given.get("clusters", 0)
+    if clusters and conditional:
+        raise UsageError(
+            f"--clusters {clusters} trains on clusters instead of the dataset's labels; drop --conditional"
+        )
     if conditional is None:  # default: class-conditional whenever the data has labels (docs/results.md)
-        conditional = num_classes > 0
+        conditional = num_classes > 0 and not clusters
     if conditional and num_classes == 0:
         labelled = ", ".join(name for name, spec in DATASETS.items() if spec.num_classes)
         raise UsageError(f"--conditional needs a labelled dataset ({labelled}); {dataset!r} has no labels")
     model_values = {"image_size": image_size, "channels": channels, **model_given}
-    model_values["num_classes"] = num_classes if conditional else 0
-    if conditional:
+    model_values["num_classes"] = num_classes if conditional else max(clusters, 0)  # validate() checks clusters
+    if conditional or clusters:  # a clustered run trains the conditional model: its rates and mode seeking
         given.setdefault("mode_seeking", MODE_SEEKING_CONDITIONAL)
     else:
         given.setdefault("lr_g", LR_UNCONDITIONAL[0])
@@ -177,6 +185,36 @@ def _check_resume_step(config: TrainConfig, run: RunDir, checkpoint: Path, force
             f"--resume {checkpoint}: the run has later checkpoints ({', '.join(p.name for p in later)}) that continuing "
             f"from step {info.step} would delete; pass --force to drop them, or copy the run first"
         )
+
+
+def apply_clusters(plan: RunPlan, data: TrainingData, log: Log = no_log) -> RunPlan:
+    """With --clusters K: give `data` the k-means cluster of each image as its label, and the plan's model
+    the cluster sizes as class_weights. A resumed run must find the clusters it trained on."""
+    config = plan.config
+    if not config.clusters:
+        return plan
+    if not isinstance(data, ImageData):
+        raise UsageError(
+            f"--clusters {config.clusters} needs the images in memory, but {config.dataset} is streamed from disk; "
+            "pass --data-mode memory"
+        )
+    if config.clusters > len(data):
+        raise UsageError(f"--clusters {config.clusters} is more than the dataset's {len(data)} images; lower it")
+    start = time.perf_counter()
+    labels, counts = cluster_images(data.images, config.clusters, config.seed)
+    saved = config.model.class_weights
+    if saved and saved != counts:
+        raise UsageError(
+            f"--resume: the {config.clusters} clusters of the data loaded now differ from the ones the run trained on; "
+            "resume on the machine and data that started it"
+        )
+    data.labels, data.num_classes = labels, config.clusters
+    log(
+        f"clustered {len(data)} images into {config.clusters} clusters (sizes {min(counts)}-{max(counts)}) "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+    model = replace(config.model, class_weights=counts)
+    return replace(plan, config=replace(config, model=model))
 
 
 def open_run(plan: RunPlan, data: TrainingData, writer: bool = True) -> RunDir:

@@ -60,13 +60,18 @@ def check_sample_count(n: int, model: ModelConfig, grid: bool = False) -> None:
         )
 
 
-def sample_labels(n: int, num_classes: int, seed: int, class_index: int | None = None) -> torch.Tensor | None:
-    """Class labels (n,) for a conditional model: all `class_index`, or uniform from their own seed stream."""
+def sample_labels(
+    n: int, num_classes: int, seed: int, class_index: int | None = None, weights: tuple[int, ...] = ()
+) -> torch.Tensor | None:
+    """Class labels (n,) for a conditional model: all `class_index`, or drawn from their own seed stream,
+    uniformly or in proportion to `weights` (a model's class_weights: its clusters' sizes)."""
     if num_classes == 0:
         return None
     if class_index is not None:
         return torch.full((n,), class_index, dtype=torch.int64)
     generator = torch.Generator().manual_seed(seed + 1_000_003)  # a stream apart from the latents'
+    if weights:
+        return torch.multinomial(torch.tensor(weights, dtype=torch.float64), n, replacement=True, generator=generator)
     return torch.randint(num_classes, (n,), generator=generator)
 
 
@@ -123,7 +128,7 @@ def sample_from_checkpoint(
     check_class(class_index, info.model.num_classes)
     check_sample_count(n, info.model)
     latents = sample_latents(n, info.model.z_dim, seed, truncation)
-    labels = sample_labels(n, info.model.num_classes, seed, class_index)
+    labels = sample_labels(n, info.model.num_classes, seed, class_index, info.model.class_weights)
     images = generate(generator, latents, labels, batch_size)
     metadata = {
         "checkpoint": str(path),

@@ -117,7 +117,11 @@ def parse_classes(text: str | None, num_classes: int) -> tuple[int, int] | None:
 
 
 def plan_rows(
-    seeds: list[int], num_classes: int, class_index: int | None, classes: tuple[int, int] | None
+    seeds: list[int],
+    num_classes: int,
+    class_index: int | None,
+    classes: tuple[int, int] | None,
+    class_weights: tuple[int, ...] = (),
 ) -> list[WalkRow]:
     """Rows of the walk: consecutive seed pairs, or (with --classes) one class walk per seed."""
     if classes is not None:
@@ -133,7 +137,7 @@ def plan_rows(
         )
 
     def label(seed: int) -> int | None:  # the label `sagan sample --seed S` draws for its first image
-        labels = sample_labels(1, num_classes, seed, class_index)
+        labels = sample_labels(1, num_classes, seed, class_index, class_weights)
         return None if labels is None else int(labels[0])
 
     return [WalkRow(a, b, label(a), label(b)) for a, b in zip(seeds[::2], seeds[1::2], strict=True)]

@@ -69,7 +69,7 @@ def interpolate(
     generator, info = load_generator(checkpoint, use_ema=ema, device=resolve_device(device))
     check_class(class_index, info.model.num_classes)
     class_pair = parse_classes(classes, info.model.num_classes)
-    rows = plan_rows(seed_list, info.model.num_classes, class_index, class_pair)
+    rows = plan_rows(seed_list, info.model.num_classes, class_index, class_pair, info.model.class_weights)
     method = "lerp" if lerp else "slerp"
     frames = walk(generator, rows, steps, method, truncation)  # (R, T, C, S, S)
     metadata = {

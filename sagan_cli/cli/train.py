@@ -142,6 +142,12 @@ def train(
         help="Weight gamma of the zero-centred R1 gradient penalty on D's real inputs "
         f"(gamma/2)|grad D(x)|^2, applied every {R1_EVERY} steps; 0 turns it off {_default('r1')}",
     ),
+    clusters: int | None = typer.Option(
+        None,
+        "--clusters",
+        help="For unlabelled data: group the images into K k-means clusters before training and train the "
+        "class-conditional model on them; samples draw clusters by their share of the data (default: 0, off)",
+    ),
     augment: str | None = typer.Option(
         None,
         "--augment",
@@ -317,7 +323,7 @@ def _load_and_train(
     plan: RunPlan, writer: bool, torch_device: torch.device, reporter: Reporter, distributed_run: bool
 ) -> None:
     """Load the data, open the run, train under the signal handlers; print the final checkpoint."""
-    from ..runs import open_run
+    from ..runs import apply_clusters, open_run
     from ..streaming import load_training_data
     from ..train import StopFlag
     from ..train import train as run_training
@@ -333,6 +339,8 @@ def _load_and_train(
         workers=config.data_workers,
         log=reporter.log,
     )
+    plan = apply_clusters(plan, data, reporter.log)
+    config = plan.config
     run = open_run(plan, data, writer)
     # train
     stop = StopFlag()

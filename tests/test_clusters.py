@@ -1,0 +1,125 @@
+"""--clusters: k-means pseudo-labels for unlabelled images, and a conditional model that samples them by size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_TRAIN_FLAGS, run_cli
+from test_cli_errors import assert_one_error
+from test_streaming import png_folder
+
+from sagan_cli.checkpoint import read_checkpoint_info
+from sagan_cli.clusters import cluster_images, kmeans
+from sagan_cli.errors import EXIT_USAGE
+from sagan_cli.model import ModelConfig
+from sagan_cli.sampling import sample_labels
+
+
+def three_blobs(sizes: tuple[int, int, int] = (5, 30, 12)) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, 1, 8, 8): a dark, a mid-grey and a bright group with small noise, and each image's group."""
+    rng = torch.Generator().manual_seed(0)
+    groups = torch.cat([torch.full((n,), g) for g, n in enumerate(sizes)])  # (N,)
+    levels = torch.tensor([20.0, 128.0, 235.0])[groups]  # (N,)
+    noise = torch.randint(-10, 11, (len(groups), 1, 8, 8), generator=rng)
+    return (levels.view(-1, 1, 1, 1) + noise).to(torch.uint8), groups
+
+
+def test_kmeans_finds_separated_groups_and_numbers_them_largest_first() -> None:
+    images, groups = three_blobs()
+    labels, counts = cluster_images(images, 3, seed=0)
+    assert counts == (30, 12, 5)
+    # Cluster 0 is the largest group (mid-grey, group 1), cluster 1 the bright (group 2), cluster 2 the dark (0).
+    assert torch.equal(labels, torch.tensor([2, 0, 1])[groups])
+    for seed in (1, 2, 3):  # other seeds pick other first centres, and find the same partition with the same numbers
+        assert torch.equal(cluster_images(images, 3, seed=seed)[0], labels)
+
+
+def test_kmeans_is_deterministic_for_a_seed_and_gives_every_row_a_cluster() -> None:
+    features = torch.rand(500, 6, generator=torch.Generator().manual_seed(0))
+    first, again = kmeans(features, 7, seed=4), kmeans(features, 7, seed=4)
+    assert torch.equal(first, again) and first.shape == (500,)
+    assert int(first.min()) >= 0 and int(first.max()) <= 6
+    with pytest.raises(ValueError, match="k must lie in 1..500"):
+        kmeans(features, 501, seed=0)
+
+
+def test_labels_are_drawn_in_proportion_to_the_class_weights() -> None:
+    labels = sample_labels(20_000, 3, seed=0, weights=(1, 0, 3))
+    assert labels is not None
+    shares = torch.bincount(labels, minlength=3).float() / 20_000
+    assert shares[1] == 0  # an empty cluster is never drawn
+    assert abs(float(shares[0]) - 0.25) < 0.02 and abs(float(shares[2]) - 0.75) < 0.02
+    # A fixed class wins over the weights; no weights keeps the uniform draw of every earlier version.
+    assert torch.equal(sample_labels(4, 3, 0, 1, (1, 0, 3)), torch.ones(4, dtype=torch.int64))
+    assert torch.equal(
+        sample_labels(50, 3, 0), torch.randint(3, (50,), generator=torch.Generator().manual_seed(1_000_003))
+    )
+
+
+def test_class_weights_round_trip_and_stay_out_of_other_models_configs() -> None:
+    clustered = ModelConfig(num_classes=3, class_weights=(5, 0, 2))
+    assert ModelConfig.from_json(clustered.to_json()) == clustered
+    assert "class_weights" not in ModelConfig(num_classes=10).to_json()  # what earlier versions wrote and read
+    for bad in ((1, 2), (1, -1, 2), (0, 0, 0)):
+        with pytest.raises(ValueError, match="class_weights"):
+            ModelConfig(num_classes=3, class_weights=bad)
+
+
+def test_a_clustered_run_trains_records_its_clusters_samples_them_and_resumes(tmp_path: Path) -> None:
+    folder = png_folder(tmp_path / "pngs", count=24)
+    flags = [*TINY_TRAIN_FLAGS, "--dataset", folder, "--image-size", "28", "--channels", "1", "--out", tmp_path]
+    result = run_cli("train", *flags, "--clusters", "3", "--name", "k3", "--max-steps", "2")
+    assert result.exit_code == 0, result.stderr
+    assert "clustered 24 images into 3 clusters" in result.stderr
+    checkpoint = tmp_path / "k3" / "checkpoints" / "final.safetensors"
+    info = read_checkpoint_info(checkpoint)
+    assert info.train is not None and info.train.clusters == 3
+    assert info.model.num_classes == 3 and sum(info.model.class_weights) == 24
+    saved = json.loads((tmp_path / "k3" / "config.json").read_text())
+    assert saved["clusters"] == 3 and saved["model"]["class_weights"] == list(info.model.class_weights)
+    # Samples: every cluster drawable by --class, none outside them.
+    out = tmp_path / "one.png"
+    assert run_cli("sample", checkpoint, "-n", "4", "--class", "2", "-o", out).exit_code == 0 and out.exists()
+    assert_one_error(run_cli("sample", checkpoint, "--class", "3", "-o", tmp_path / "x.png"), EXIT_USAGE, "0..2")
+    # Resuming clusters the same images again, finds the same clusters, and trains on.
+    resumed = run_cli("train", "--resume", tmp_path / "k3", "--max-steps", "4")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert read_checkpoint_info(checkpoint).step == 4
+    # Its config file starts a new run the same way (the cluster sizes in it are measured again, not copied).
+    again = run_cli("train", "--config", tmp_path / "k3" / "config.json", "--out", tmp_path, "--name", "again")
+    assert again.exit_code == 0, again.stderr
+    assert read_checkpoint_info(tmp_path / "again" / "checkpoints" / "final.safetensors").model == info.model
+
+
+def test_clusters_refuse_what_they_cannot_do(tmp_path: Path) -> None:
+    folder = png_folder(tmp_path / "pngs", count=10)
+    shape = ["--image-size", "28", "--channels", "1", "--batch-size", "4"]
+    flags = [*TINY_TRAIN_FLAGS, "--dataset", folder, *shape, "--out", tmp_path]
+    assert_one_error(run_cli("train", *flags, "--clusters", "11"), EXIT_USAGE, "--clusters 11", "10 images")
+    assert_one_error(run_cli("train", *flags, "--clusters", "-1"), EXIT_USAGE, "--clusters")
+    assert_one_error(
+        run_cli("train", *flags, "--clusters", "2", "--data-mode", "stream"), EXIT_USAGE, "--data-mode memory"
+    )
+    assert_one_error(
+        run_cli("train", *TINY_TRAIN_FLAGS, "--conditional", "--clusters", "5", "--out", tmp_path),
+        EXIT_USAGE,
+        "drop --conditional",
+    )
+    assert not any(tmp_path.glob("*/config.json"))  # nothing was started
+
+
+def test_clustered_runs_train_with_the_conditional_models_rates_and_mode_seeking() -> None:
+    """At the unconditional rates without mode seeking, a clustered G collapsed within each cluster (results.md)."""
+    from sagan_cli.config import LR_UNCONDITIONAL, MODE_SEEKING_CONDITIONAL, TrainConfig
+    from sagan_cli.runs import resolve_new
+
+    clustered = resolve_new({"dataset": "mnist", "clusters": 7}, {}, False, check_disk=False).config
+    assert clustered.model.num_classes == 7 and clustered.mode_seeking == MODE_SEEKING_CONDITIONAL
+    assert (clustered.lr_g, clustered.lr_d) == (TrainConfig().lr_g, TrainConfig().lr_d) != LR_UNCONDITIONAL
+    given = resolve_new(
+        {"dataset": "mnist", "clusters": 7, "lr_g": 4e-4, "mode_seeking": 0.0}, {}, None, check_disk=False
+    )
+    assert (given.config.lr_g, given.config.mode_seeking) == (4e-4, 0.0)  # given values win
