@@ -46,7 +46,8 @@ def class_report(checkpoint: Path, num_samples: int, seed: int = 0) -> dict[str,
     report: dict[str, object] = {
         "checkpoint": str(checkpoint),
         "step": info.step,
-        "conditional": info.model.num_classes > 0,
+        "conditional": info.model.num_classes > 0 and not info.model.class_weights,
+        "clusters": len(info.model.class_weights),
         "num_samples": num_samples,
         "seed": seed,
         "class_shares": [round(p, 4) for p in shares],
@@ -55,12 +56,14 @@ def class_report(checkpoint: Path, num_samples: int, seed: int = 0) -> dict[str,
         "class_entropy_bits": round(entropy, 4),
     }
     groups = predicted
-    if info.model.num_classes > 0:
-        # The same labels sample_from_checkpoint drew (uniform, from the seed's label stream).
-        from sagan_cli.sampling import sample_labels
+    # The same labels sample_from_checkpoint drew (from the seed's label stream).
+    from sagan_cli.sampling import sample_labels
 
-        labels = sample_labels(num_samples, info.model.num_classes, seed)
-        assert labels is not None
+    labels = sample_labels(num_samples, info.model.num_classes, seed, None, info.model.class_weights)
+    if labels is not None and info.model.class_weights:  # --clusters: how surely each cluster draws one digit
+        majority = sum(int(torch.bincount(predicted[labels == k]).max()) for k in labels.unique())
+        report["cluster_purity"] = round(majority / num_samples, 4)
+    elif labels is not None:
         groups = labels
         per_class = [float((predicted[labels == k] == k).float().mean()) for k in range(info.model.num_classes)]
         report["class_accuracy"] = [round(a, 4) for a in per_class]

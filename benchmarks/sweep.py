@@ -58,6 +58,24 @@ VARIANTS: dict[str, list[str]] = {
     # Issue 12's regulariser lever: the zero-centred R1 penalty on D's real inputs (lazy, every 16 steps).
     "default-uncond-r01": [*DEFAULT_UNCOND, "--r1", "0.1"],
     "default-uncond-r1": [*DEFAULT_UNCOND, "--r1", "1"],
+    # Self-conditioning (--clusters K): the unconditional model trained conditionally on k-means clusters of
+    # the pixels; new clustered runs get the conditional rates and mode seeking. "-fast": at the unconditional
+    # rates instead, without and with mode seeking (it collapsed within each cluster without).
+    "clusters-k20": [*DEFAULT_UNCOND, "--clusters", "20"],
+    "clusters-k50": [*DEFAULT_UNCOND, "--clusters", "50"],
+    "clusters-k100": [*DEFAULT_UNCOND, "--clusters", "100"],
+    "clusters-k50-fast": [
+        *DEFAULT_UNCOND,
+        "--clusters",
+        "50",
+        "--lr-g",
+        "4e-4",
+        "--lr-d",
+        "4e-4",
+        "--mode-seeking",
+        "0",
+    ],
+    "clusters-k50-fast-ms03": [*DEFAULT_UNCOND, "--clusters", "50", "--lr-g", "4e-4", "--lr-d", "4e-4"],
     # The sweep of issue 12 (the defaults then: conditional, D width 64, lr 1e-4 / 4e-4), flags spelled out.
     "base": [*COND, "--d-width", "64", "--lr-g", "1e-4", "--lr-d", "4e-4"],  # the defaults before issue 12, conditional
     "d32": [*COND, "--d-width", "32", "--lr-g", "1e-4", "--lr-d", "4e-4"],
