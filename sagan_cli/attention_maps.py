@@ -225,7 +225,7 @@ def attention_from_checkpoint(
 
     info = read_checkpoint_info(path)
     check_has_attention(info.model, str(path), "g" if image is None else "d")
-    check_class(class_index, info.model.num_classes)
+    check_class(class_index, info.model.num_classes, info.model.class_weights)
     torch_device = resolve_device(device)
     metadata = {"checkpoint": str(path), "step": str(info.step)}
     if image is None:

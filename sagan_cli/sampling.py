@@ -92,14 +92,19 @@ def generate(
     return torch.cat(chunks)
 
 
-def check_class(class_index: int | None, num_classes: int) -> None:
-    """--class must name a class of a conditional model."""
+def check_class(class_index: int | None, num_classes: int, class_weights: tuple[int, ...] = ()) -> None:
+    """--class must name a class of a conditional model, and not a cluster no training image was in."""
     if class_index is None:
         return
     if num_classes == 0:
         raise UsageError(f"--class {class_index} given, but the checkpoint is unconditional; drop --class")
     if not 0 <= class_index < num_classes:
         raise UsageError(f"--class {class_index} is out of range; this model has classes 0..{num_classes - 1}")
+    if class_weights and class_weights[class_index] == 0:
+        raise UsageError(
+            f"--class {class_index} is an empty cluster of this model (no training image was in it); "
+            "pick a cluster with images"
+        )
 
 
 def check_truncation(truncation: float) -> None:
@@ -125,7 +130,7 @@ def sample_from_checkpoint(
     check_truncation(truncation)
     torch_device = resolve_device(device)
     generator, info = load_generator(Path(path), use_ema=use_ema, device=torch_device)
-    check_class(class_index, info.model.num_classes)
+    check_class(class_index, info.model.num_classes, info.model.class_weights)
     check_sample_count(n, info.model)
     latents = sample_latents(n, info.model.z_dim, seed, truncation)
     labels = sample_labels(n, info.model.num_classes, seed, class_index, info.model.class_weights)

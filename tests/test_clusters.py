@@ -13,9 +13,9 @@ from test_streaming import png_folder
 
 from sagan_cli.checkpoint import read_checkpoint_info
 from sagan_cli.clusters import cluster_images, kmeans
-from sagan_cli.errors import EXIT_USAGE
+from sagan_cli.errors import EXIT_USAGE, UsageError
 from sagan_cli.model import ModelConfig
-from sagan_cli.sampling import sample_labels
+from sagan_cli.sampling import check_class, sample_labels
 
 
 def three_blobs(sizes: tuple[int, int, int] = (5, 30, 12)) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,6 +57,13 @@ def test_labels_are_drawn_in_proportion_to_the_class_weights() -> None:
     assert torch.equal(
         sample_labels(50, 3, 0), torch.randint(3, (50,), generator=torch.Generator().manual_seed(1_000_003))
     )
+
+
+def test_class_refuses_an_empty_cluster_whose_embedding_never_saw_an_image() -> None:
+    check_class(2, 3, (1, 0, 3))
+    check_class(1, 3)  # models without cluster sizes: every class in range is fine
+    with pytest.raises(UsageError, match="--class 1 is an empty cluster"):
+        check_class(1, 3, (1, 0, 3))
 
 
 def test_class_weights_round_trip_and_stay_out_of_other_models_configs() -> None:

@@ -67,7 +67,7 @@ def interpolate(
     seed_list = parse_seeds(list(DEFAULTS.seeds) if seeds is None else seeds)
     check_output_file(output, WALK_SUFFIXES, force)
     generator, info = load_generator(checkpoint, use_ema=ema, device=resolve_device(device))
-    check_class(class_index, info.model.num_classes)
+    check_class(class_index, info.model.num_classes, info.model.class_weights)
     class_pair = parse_classes(classes, info.model.num_classes)
     rows = plan_rows(seed_list, info.model.num_classes, class_index, class_pair, info.model.class_weights)
     method = "lerp" if lerp else "slerp"
