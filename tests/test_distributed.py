@@ -99,6 +99,20 @@ def test_torchrun_trains_with_the_r1_penalty(tmp_path) -> None:
     assert config is not None and config.r1 == 1
 
 
+def test_torchrun_ranks_train_on_the_clusters_one_process_finds(tmp_path) -> None:
+    # Every rank clusters the images itself, from the run's seed; the ranks agree only because k-means is
+    # deterministic for a seed, so a two-process run must find exactly the clusters one process finds.
+    flags = [*DDP_FLAGS, "--no-conditional", "--clusters", "5", "--out", tmp_path]
+    result = torchrun(*flags, "--name", "two")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("clustered 10000 images into 5 clusters") == 1  # logged by rank 0 only
+    single = run_cli("train", *flags, "--name", "one")
+    assert single.exit_code == 0, single.stderr
+    two = read_checkpoint_info(tmp_path / "two" / "checkpoints" / "final.safetensors").model
+    one = read_checkpoint_info(tmp_path / "one" / "checkpoints" / "final.safetensors").model
+    assert two.num_classes == 5 and two.class_weights == one.class_weights and sum(one.class_weights) == 10_000
+
+
 def test_torchrun_resumes_a_single_process_run(tiny_run, tmp_path) -> None:
     copy = tmp_path / "tiny"
     shutil.copytree(tiny_run, copy)
