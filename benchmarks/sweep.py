@@ -61,7 +61,9 @@ VARIANTS: dict[str, list[str]] = {
     # Self-conditioning (--clusters K): the unconditional model trained conditionally on k-means clusters of
     # the pixels; new clustered runs get the conditional rates and mode seeking. "-fast": at the unconditional
     # rates instead, without and with mode seeking (it collapsed within each cluster without).
+    "clusters-k10": [*DEFAULT_UNCOND, "--clusters", "10"],
     "clusters-k20": [*DEFAULT_UNCOND, "--clusters", "20"],
+    "clusters-k30": [*DEFAULT_UNCOND, "--clusters", "30"],
     "clusters-k50": [*DEFAULT_UNCOND, "--clusters", "50"],
     "clusters-k100": [*DEFAULT_UNCOND, "--clusters", "100"],
     "clusters-k50-fast": [
