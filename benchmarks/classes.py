@@ -59,7 +59,7 @@ def class_report(checkpoint: Path, num_samples: int, seed: int = 0) -> dict[str,
     # The same labels sample_from_checkpoint drew (from the seed's label stream).
     from sagan_cli.sampling import sample_labels
 
-    labels = sample_labels(num_samples, info.model.num_classes, seed, None, info.model.class_weights)
+    labels = sample_labels(num_samples, info.model, seed)
     if labels is not None and info.model.class_weights:  # --clusters: how surely each cluster draws one digit
         majority = sum(int(torch.bincount(predicted[labels == k]).max()) for k in labels.unique())
         report["cluster_purity"] = round(majority / num_samples, 4)

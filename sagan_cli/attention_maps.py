@@ -109,7 +109,7 @@ def generator_attention(generator: Generator, seed: int, class_index: int | None
     """G's image for `seed` (as `sagan sample -n 1 --seed S`) and the attention it used to draw it."""
     config = generator.config
     latents = sample_latents(1, config.z_dim, seed)
-    labels = sample_labels(1, config.num_classes, seed, class_index, config.class_weights)
+    labels = sample_labels(1, config, seed, class_index)
     with capturing(generator) as layers:
         image = generate(generator, latents, labels)[0]  # (C, S, S) uint8
         return AttentionResult(image, "G", _collect("G", layers))
@@ -225,7 +225,7 @@ def attention_from_checkpoint(
 
     info = read_checkpoint_info(path)
     check_has_attention(info.model, str(path), "g" if image is None else "d")
-    check_class(class_index, info.model.num_classes, info.model.class_weights)
+    check_class(class_index, info.model)
     torch_device = resolve_device(device)
     metadata = {"checkpoint": str(path), "step": str(info.step)}
     if image is None:

@@ -147,13 +147,7 @@ def sampling_speeds(generators: list[Any], num: int, batch_size: int, seed: int,
     Timing while scoring favoured whichever model ran second (warm kernels, a grown heap): the same
     two checkpoints measured 1,572 vs 1,916 img/s in one order and 2,044 vs 2,067 in the other.
     """
-    plans = [
-        (
-            sample_latents(num, g.config.z_dim, seed),
-            sample_labels(num, g.config.num_classes, seed, None, g.config.class_weights),
-        )
-        for g in generators
-    ]
+    plans = [(sample_latents(num, g.config.z_dim, seed), sample_labels(num, g.config, seed)) for g in generators]
     for generator, (latents, labels) in zip(generators, plans, strict=True):
         generate(generator, latents[:batch_size], None if labels is None else labels[:batch_size], batch_size)
     times: list[list[float]] = [[] for _ in generators]
@@ -173,9 +167,5 @@ def side_by_side(
     for path in paths:
         generator, info = load_generator(path, use_ema=use_ema, device=device)
         latents = sample_latents(num, info.model.z_dim, seed, truncation)
-        rows.append(
-            generate(
-                generator, latents, sample_labels(num, info.model.num_classes, seed, None, info.model.class_weights)
-            )
-        )
+        rows.append(generate(generator, latents, sample_labels(num, info.model, seed)))
     return torch.cat(rows)

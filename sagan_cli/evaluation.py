@@ -139,7 +139,7 @@ def plan_latents(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The latents (N, z_dim) and labels (N,) | None that `sagan sample --seed S -n N` would use."""
     latents = sample_latents(num_samples, model.z_dim, options.seed, options.truncation)
-    return latents, sample_labels(num_samples, model.num_classes, options.seed, None, model.class_weights)
+    return latents, sample_labels(num_samples, model, options.seed)
 
 
 def score_generator(

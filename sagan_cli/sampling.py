@@ -60,19 +60,22 @@ def check_sample_count(n: int, model: ModelConfig, grid: bool = False) -> None:
         )
 
 
-def sample_labels(
-    n: int, num_classes: int, seed: int, class_index: int | None = None, weights: tuple[int, ...] = ()
-) -> torch.Tensor | None:
-    """Class labels (n,) for a conditional model: all `class_index`, or drawn from their own seed stream,
-    uniformly or in proportion to `weights` (a model's class_weights: its clusters' sizes)."""
-    if num_classes == 0:
+def draw_classes(model: ModelConfig, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Classes (n,) of a conditional model: uniform, or by its class_weights (a --clusters model's cluster sizes).
+    Training draws its fakes' classes here too, so samples follow the mix the model trained on."""
+    if model.class_weights:
+        weights = torch.tensor(model.class_weights, dtype=torch.float64)
+        return torch.multinomial(weights, n, replacement=True, generator=generator)
+    return torch.randint(model.num_classes, (n,), generator=generator)
+
+
+def sample_labels(n: int, model: ModelConfig, seed: int, class_index: int | None = None) -> torch.Tensor | None:
+    """Class labels (n,) for a conditional model: all `class_index`, or drawn from their own seed stream."""
+    if model.num_classes == 0:
         return None
     if class_index is not None:
         return torch.full((n,), class_index, dtype=torch.int64)
-    generator = torch.Generator().manual_seed(seed + 1_000_003)  # a stream apart from the latents'
-    if weights:
-        return torch.multinomial(torch.tensor(weights, dtype=torch.float64), n, replacement=True, generator=generator)
-    return torch.randint(num_classes, (n,), generator=generator)
+    return draw_classes(model, n, torch.Generator().manual_seed(seed + 1_000_003))  # apart from the latents' stream
 
 
 @torch.inference_mode()
@@ -92,10 +95,11 @@ def generate(
     return torch.cat(chunks)
 
 
-def check_class(class_index: int | None, num_classes: int, class_weights: tuple[int, ...] = ()) -> None:
+def check_class(class_index: int | None, model: ModelConfig) -> None:
     """--class must name a class of a conditional model, and not a cluster no training image was in."""
     if class_index is None:
         return
+    num_classes, class_weights = model.num_classes, model.class_weights
     if num_classes == 0:
         raise UsageError(f"--class {class_index} given, but the checkpoint is unconditional; drop --class")
     if not 0 <= class_index < num_classes:
@@ -130,10 +134,10 @@ def sample_from_checkpoint(
     check_truncation(truncation)
     torch_device = resolve_device(device)
     generator, info = load_generator(Path(path), use_ema=use_ema, device=torch_device)
-    check_class(class_index, info.model.num_classes, info.model.class_weights)
+    check_class(class_index, info.model)
     check_sample_count(n, info.model)
     latents = sample_latents(n, info.model.z_dim, seed, truncation)
-    labels = sample_labels(n, info.model.num_classes, seed, class_index, info.model.class_weights)
+    labels = sample_labels(n, info.model, seed, class_index)
     images = generate(generator, latents, labels, batch_size)
     metadata = {
         "checkpoint": str(path),

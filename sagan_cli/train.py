@@ -33,11 +33,11 @@ from .errors import EXIT_SIGINT, EXIT_SIGTERM, DivergenceError, Interrupted, Usa
 from .images import make_grid
 from .logs import no_log
 from .losses import get_loss, mode_seeking, r1_penalty
-from .model import Discriminator, Generator, ModelConfig, attention_gammas
+from .model import Discriminator, Generator, attention_gammas
 from .precision import Precision, backward_and_step, load_scaler_metadata, resolve_precision, scaler_metadata
 from .rundir import BEST_NAME, RunDir
 from .runtime import preferred_memory_format
-from .sampling import generate, sample_latents
+from .sampling import draw_classes, generate, sample_latents
 from .streaming import IndexFn, RealBatch, TrainingData, real_batches
 from .train_guards import FiniteWatch, RankAgreement, StopFlag, weights_are_finite
 from .train_hooks import TrainingHooks, build_hooks
@@ -238,14 +238,6 @@ def ema_decay_at(step: int, config: TrainConfig) -> float:
     return min(config.ema_decay, (1.0 + step) / (10.0 + step))
 
 
-def draw_fake_labels(model: ModelConfig, n: int, rng: torch.Generator) -> torch.Tensor:
-    """The classes (n,) of a batch of fakes: uniform, or by class_weights (cluster sizes) when the model has them."""
-    if model.class_weights:
-        weights = torch.tensor(model.class_weights, dtype=torch.float64)
-        return torch.multinomial(weights, n, replacement=True, generator=rng)
-    return torch.randint(model.num_classes, (n,), generator=rng)
-
-
 @contextlib.contextmanager
 def _without_ddp_stride_warning() -> Iterator[None]:
     """Silence one harmless DDP warning for a backward that includes the R1 penalty.
@@ -295,7 +287,7 @@ def train_step(
         rng = step_generator(config.seed, state.step * config.d_steps + d_step, STREAM_LATENTS)
         # The global batch's latents, then this rank's rows: the same fakes whatever the world size.
         z = torch.randn(config.batch_size, model.z_dim, generator=rng)[shard].to(device)  # (n, z_dim)
-        fake_labels = None if not conditional else draw_fake_labels(model, config.batch_size, rng)[shard].to(device)
+        fake_labels = None if not conditional else draw_classes(model, config.batch_size, rng)[shard].to(device)
         # The last D step's fakes are kept with their graph and reused for the G step: G's weights
         # have not changed since, so this saves a forward. It is not bit-exact with a fresh forward:
         # that one would advance G's spectral-norm power iteration once more and update G's

@@ -15,7 +15,7 @@ from torch import nn
 
 from .config import check_seed
 from .errors import UsageError
-from .model import ConditionalBatchNorm2d, Generator
+from .model import ConditionalBatchNorm2d, Generator, ModelConfig
 from .sampling import generate, sample_labels, sample_latents
 
 Interpolation = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -117,11 +117,7 @@ def parse_classes(text: str | None, num_classes: int) -> tuple[int, int] | None:
 
 
 def plan_rows(
-    seeds: list[int],
-    num_classes: int,
-    class_index: int | None,
-    classes: tuple[int, int] | None,
-    class_weights: tuple[int, ...] = (),
+    seeds: list[int], model: ModelConfig, class_index: int | None, classes: tuple[int, int] | None
 ) -> list[WalkRow]:
     """Rows of the walk: consecutive seed pairs, or (with --classes) one class walk per seed."""
     if classes is not None:
@@ -137,7 +133,7 @@ def plan_rows(
         )
 
     def label(seed: int) -> int | None:  # the label `sagan sample --seed S` draws for its first image
-        labels = sample_labels(1, num_classes, seed, class_index, class_weights)
+        labels = sample_labels(1, model, seed, class_index)
         return None if labels is None else int(labels[0])
 
     return [WalkRow(a, b, label(a), label(b)) for a, b in zip(seeds[::2], seeds[1::2], strict=True)]

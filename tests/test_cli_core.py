@@ -92,9 +92,10 @@ def test_labelled_data_trains_class_conditional_by_default_and_samples_by_class(
     assert Image.open(seven).text["class"] == "7"
     assert seven.read_bytes() != three.read_bytes()
     # Without --class every image gets its own class, drawn uniformly from the seed's label stream.
+    from sagan_cli.model import ModelConfig
     from sagan_cli.sampling import sample_labels
 
-    labels = sample_labels(10000, 10, seed=0)
+    labels = sample_labels(10000, ModelConfig(num_classes=10), seed=0)
     assert labels is not None and torch.bincount(labels, minlength=10).min() > 900
 
 

@@ -47,23 +47,26 @@ def test_kmeans_is_deterministic_for_a_seed_and_gives_every_row_a_cluster() -> N
 
 
 def test_labels_are_drawn_in_proportion_to_the_class_weights() -> None:
-    labels = sample_labels(20_000, 3, seed=0, weights=(1, 0, 3))
+    clustered = ModelConfig(num_classes=3, class_weights=(1, 0, 3))
+    labels = sample_labels(20_000, clustered, seed=0)
     assert labels is not None
     shares = torch.bincount(labels, minlength=3).float() / 20_000
     assert shares[1] == 0  # an empty cluster is never drawn
     assert abs(float(shares[0]) - 0.25) < 0.02 and abs(float(shares[2]) - 0.75) < 0.02
     # A fixed class wins over the weights; no weights keeps the uniform draw of every earlier version.
-    assert torch.equal(sample_labels(4, 3, 0, 1, (1, 0, 3)), torch.ones(4, dtype=torch.int64))
+    assert torch.equal(sample_labels(4, clustered, 0, 1), torch.ones(4, dtype=torch.int64))
     assert torch.equal(
-        sample_labels(50, 3, 0), torch.randint(3, (50,), generator=torch.Generator().manual_seed(1_000_003))
+        sample_labels(50, ModelConfig(num_classes=3), 0),
+        torch.randint(3, (50,), generator=torch.Generator().manual_seed(1_000_003)),
     )
 
 
 def test_class_refuses_an_empty_cluster_whose_embedding_never_saw_an_image() -> None:
-    check_class(2, 3, (1, 0, 3))
-    check_class(1, 3)  # models without cluster sizes: every class in range is fine
+    clustered = ModelConfig(num_classes=3, class_weights=(1, 0, 3))
+    check_class(2, clustered)
+    check_class(1, ModelConfig(num_classes=3))  # models without cluster sizes: every class in range is fine
     with pytest.raises(UsageError, match="--class 1 is an empty cluster"):
-        check_class(1, 3, (1, 0, 3))
+        check_class(1, clustered)
 
 
 def test_class_weights_round_trip_and_stay_out_of_other_models_configs() -> None:

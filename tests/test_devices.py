@@ -44,14 +44,14 @@ def meta_generator() -> Generator:
 
 def test_sample_path_keeps_latents_and_labels_on_the_models_device(meta_generator: Generator) -> None:
     with MetaCopiesAsZeros():
-        images = generate(meta_generator, sample_latents(5, TINY.z_dim, 0), sample_labels(5, TINY.num_classes, 0), 2)
+        images = generate(meta_generator, sample_latents(5, TINY.z_dim, 0), sample_labels(5, TINY, 0), 2)
     assert images.shape == (5, 1, 28, 28) and images.device.type == "cpu" and images.dtype == torch.uint8
 
 
 @pytest.mark.parametrize("classes", [None, (1, 7)])
 def test_interpolate_paths_keep_every_tensor_on_the_models_device(meta_generator: Generator, classes: Any) -> None:
     # Was: --classes blended a CPU weight tensor with the generator's class table ("not on the expected device").
-    rows = plan_rows([3, 4], TINY.num_classes, None, classes)
+    rows = plan_rows([3, 4], TINY, None, classes)
     with MetaCopiesAsZeros():
         frames = walk(meta_generator, rows, 5)
     assert frames.shape == (len(rows), 5, 1, 28, 28) and frames.device.type == "cpu"
@@ -79,5 +79,5 @@ def test_cuda_samples_and_class_walks_match_the_cpu(tiny_checkpoint: Any) -> Non
     on_cuda, _, _ = sample_from_checkpoint(tiny_checkpoint, 8, device="cuda")
     assert (on_cpu.int() - on_cuda.int()).abs().max() <= 2  # uint8 levels: kernels round differently
     generator, _ = load_generator(tiny_checkpoint, device="cuda")
-    frames = walk(generator, plan_rows([3, 4], 0, None, None), 4)
+    frames = walk(generator, plan_rows([3, 4], ModelConfig(), None, None), 4)
     assert frames.shape[:2] == (1, 4) and frames.device.type == "cpu"

@@ -60,7 +60,7 @@ def test_endpoints_equal_sagan_sample_bitwise(tiny_checkpoint: Path, tmp_path: P
 
 def test_flat_seed_list_means_consecutive_pairs(tiny_checkpoint: Path, tmp_path: Path) -> None:
     generator, info = load_generator(tiny_checkpoint)
-    rows = plan_rows([3, 7, 1, 2], info.model.num_classes, None, None)
+    rows = plan_rows([3, 7, 1, 2], info.model, None, None)
     assert [(r.start_seed, r.end_seed) for r in rows] == [(3, 7), (1, 2)]
     frames = walk(generator, rows, 4, "lerp")
     assert frames.shape == (2, 4, 1, SIZE, SIZE) and frames.dtype == torch.uint8
@@ -81,13 +81,13 @@ def test_gif_output_is_an_animation(tiny_checkpoint: Path, tmp_path: Path) -> No
 
 def test_class_walk_endpoints_equal_class_samples(conditional_checkpoint: Path) -> None:
     generator, info = load_generator(conditional_checkpoint)
-    rows = plan_rows([5], info.model.num_classes, None, (1, 7))
+    rows = plan_rows([5], info.model, None, (1, 7))
     frames = walk(generator, rows, 4, "slerp")  # (1, 4, 1, 28, 28)
     for class_index, frame in ((1, frames[0, 0]), (7, frames[0, -1])):
         images, _, _ = sample_from_checkpoint(conditional_checkpoint, 1, seed=5, class_index=class_index)
         assert torch.equal(frame, images[0])
     assert generator.blocks[0].bn1.scale.num_embeddings == info.model.num_classes  # the class tables are restored
-    seed_rows = plan_rows([3, 7], info.model.num_classes, None, None)  # no --class: each seed keeps its own label
+    seed_rows = plan_rows([3, 7], info.model, None, None)  # no --class: each seed keeps its own label
     seed_frames = walk(generator, seed_rows, 3, "slerp")
     for seed, frame in ((3, seed_frames[0, 0]), (7, seed_frames[0, -1])):
         images, _, _ = sample_from_checkpoint(conditional_checkpoint, 1, seed=seed)
