@@ -72,9 +72,15 @@ def save_checkpoint(
     optimizer_g: torch.optim.Optimizer | None = None,
     optimizer_d: torch.optim.Optimizer | None = None,
     extra_metadata: dict[str, str] | None = None,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically; training state is included when D and optimizers are given."""
-    tensors: dict[str, torch.Tensor] = {}
+    """Write a checkpoint atomically; training state is included when D and optimizers are given.
+
+    `extra_tensors` are stored under their own names (e.g. "clusters.labels"; read back with load_tensors).
+    """
+    tensors: dict[str, torch.Tensor] = {
+        name: t.detach().to("cpu").contiguous() for name, t in (extra_tensors or {}).items()
+    }
     metadata = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),

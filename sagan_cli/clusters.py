@@ -4,18 +4,30 @@
 step, and trains the conditional model (conditional BN in G, projection D) with the cluster of
 each image as its class. Samples then draw a cluster by its share of the data (the model's
 `class_weights`), so the mix of images follows the data. This is the idea of self-conditioned
-GANs (Liu et al., CVPR 2020), clustered once on downsampled pixels instead of re-clustered on
-D's features during training. Pure torch; deterministic for a seed on a given machine.
+GANs (Liu et al., CVPR 2020). The first clustering is on downsampled pixels; with
+`--recluster-every N` the images are clustered again every N steps on D's own features, starting
+from the current clusters so that each keeps its number (and G its meaning for it).
+Pure torch; deterministic for a seed on a given machine.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 
+from . import distributed
+from .config import TrainConfig
+from .data import ImageData, to_model_range
+from .model import Discriminator, ModelConfig
+from .runtime import preferred_memory_format
+
 FEATURE_SIZE = 16  # images are area-downsampled to at most 16x16 before clustering
+D_FEATURE_SIZE = 4  # D's last feature map is area-downsampled to at most 4x4 before re-clustering
 MAX_ITERATIONS = 50  # Lloyd iterations; clustering stops earlier when no image changes cluster
 CHUNK = 8192  # images per distance computation: bounds memory at CHUNK x K distances
+LABELS_TENSOR = "clusters.labels"  # each image's cluster (N,) int32 in a --recluster-every run's checkpoints
 
 
 def image_features(images: torch.Tensor) -> torch.Tensor:
@@ -54,6 +66,12 @@ def kmeans(features: torch.Tensor, k: int, seed: int) -> torch.Tensor:
         pick = features[torch.multinomial(weights, 1, generator=generator)]  # (1, F)
         centres = torch.cat([centres, pick])
         d2 = torch.minimum(d2, torch.cdist(features, pick).square_().squeeze(1))
+    return _relabel_by_size(_lloyd(features, centres), k)
+
+
+def _lloyd(features: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Lloyd's iterations from `centres` (K, F) until no row changes cluster: the cluster (N,) of each row."""
+    k = centres.shape[0]
     assignment = _nearest(features, centres)[0]
     for _ in range(MAX_ITERATIONS):
         counts = torch.bincount(assignment, minlength=k)  # (K,)
@@ -64,7 +82,43 @@ def kmeans(features: torch.Tensor, k: int, seed: int) -> torch.Tensor:
         if torch.equal(new_assignment, assignment):
             break
         assignment = new_assignment
-    return _relabel_by_size(assignment, k)
+    return assignment
+
+
+def recluster(features: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """New clusters (N,) of `features` (N, F), starting from each current cluster's mean: cluster c stays
+    "the cluster near the old c", so a conditional model's class c keeps (most of) its images.
+
+    A currently empty cluster starts at the mean of all rows and usually stays empty.
+    """
+    counts = torch.bincount(labels, minlength=k).clamp_(min=1).unsqueeze(1).to(features.dtype)  # (K, 1)
+    sums = torch.zeros(k, features.shape[1], dtype=features.dtype).index_add_(0, labels, features)  # (K, F)
+    empty = torch.bincount(labels, minlength=k) == 0
+    sums[empty] = features.mean(dim=0)
+    return _lloyd(features, sums / counts)
+
+
+@torch.no_grad()
+def discriminator_features(
+    discriminator: Discriminator, images: torch.Tensor, device: torch.device, batch_size: int = 256
+) -> torch.Tensor:
+    """uint8 images (N, C, S, S) -> unit-length float features (N, C_last * s * s) on the CPU from D's last
+    feature map, area-downsampled to s = min(r0, D_FEATURE_SIZE). D is used in eval mode (its spectral-norm
+    power iteration does not advance) and left in the mode it was in."""
+    was_training = discriminator.training
+    discriminator.eval()
+    memory_format = preferred_memory_format(device)
+    chunks = []
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            x = to_model_range(images[start : start + batch_size].to(device)).contiguous(memory_format=memory_format)
+            h = discriminator.features(x).float()  # (b, C_last, r0, r0)
+            if h.shape[-1] > D_FEATURE_SIZE:
+                h = F.adaptive_avg_pool2d(h, D_FEATURE_SIZE)  # (b, C_last, s, s)
+            chunks.append(F.normalize(h.flatten(1), dim=1).cpu())
+    finally:
+        discriminator.train(was_training)
+    return torch.cat(chunks)
 
 
 def _relabel_by_size(assignment: torch.Tensor, k: int) -> torch.Tensor:
@@ -86,3 +140,29 @@ def cluster_images(images: torch.Tensor, k: int, seed: int) -> tuple[torch.Tenso
     labels = kmeans(image_features(images), k, seed)
     counts = torch.bincount(labels, minlength=k)
     return labels, tuple(int(c) for c in counts)
+
+
+def recluster_data(
+    discriminator: Discriminator, data: ImageData, model: ModelConfig, device: torch.device
+) -> tuple[ModelConfig, float]:
+    """Cluster `data` again on D's features (data.labels replaced); the model config with the new cluster
+    sizes as class_weights, and the fraction of images that kept their cluster.
+
+    Under torchrun every rank clusters (D is the same everywhere) and then takes rank 0's clusters, so
+    the ranks agree even where their arithmetic could break a tie differently.
+    """
+    assert data.labels is not None  # a clustered run's data (runs.apply_clusters)
+    features = discriminator_features(discriminator, data.images, device)  # (N, F)
+    labels = distributed.from_main(recluster(features, data.labels, model.num_classes), device)  # (N,)
+    kept = float((labels == data.labels).double().mean())
+    counts = torch.bincount(labels, minlength=model.num_classes)
+    data.labels = labels
+    return replace(model, class_weights=tuple(int(c) for c in counts)), kept
+
+
+def cluster_tensors(config: TrainConfig, data: object) -> dict[str, torch.Tensor]:
+    """What a --recluster-every run's checkpoint stores besides the weights: each image's current cluster,
+    which --resume cannot recompute (it depends on D's weights at every past re-clustering)."""
+    if not config.recluster_every or not isinstance(data, ImageData) or data.labels is None:
+        return {}
+    return {LABELS_TENSOR: data.labels.to(torch.int32)}

@@ -187,6 +187,15 @@ def agree(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def from_main(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Rank 0's `values` on every rank (the tensor itself in one process); one collective on `device`."""
+    if not current_world().distributed:
+        return values
+    on_device = values.to(device).contiguous()  # NCCL sends CUDA tensors; gloo CPU ones
+    guarded(dist.broadcast, on_device, src=0)
+    return on_device.to(values.device)
+
+
 def check_replicas_agree(*modules: nn.Module | None) -> None:
     """Raise unless every rank holds the same weights (checked before a checkpoint is written)."""
     world = current_world()

@@ -428,14 +428,17 @@ class Discriminator(nn.Module):
         if config.num_classes > 0:
             self.embed = spectral_norm(nn.Embedding(config.num_classes, widths[-1]))
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """images (B, C, S, S) -> the feature map (B, C_last, r0, r0) that the head and projection read."""
         h = x
         for block, res in zip(self.blocks, self.resolutions[1:], strict=True):
             h = block(h)  # (B, C, res, res)
             if str(res) in self.attention:
                 h = self.attention[str(res)](h)
-        h = self.bottom_block(h)  # (B, C_last, r0, r0)
-        h = F.relu(h)  # (B, C_last, r0, r0)
+        return F.relu(self.bottom_block(h))  # (B, C_last, r0, r0)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.features(x)  # (B, C_last, r0, r0)
         score = self.linear(h.flatten(1)).squeeze(1)  # (B,)
         if self.config.num_classes > 0:
             assert y is not None, "a conditional discriminator needs labels"

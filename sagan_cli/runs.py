@@ -13,12 +13,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import read_checkpoint_info
+import torch
+
+from .checkpoint import load_tensors, read_checkpoint_info
 from .clusters import cluster_images
 from .config import (
     AUGMENT_FOLDERS,
     LR_UNCONDITIONAL,
     MODE_SEEKING_CONDITIONAL,
+    RECLUSTER_EVERY_CLUSTERS,
     RESUMABLE_OVERRIDES,
     TrainConfig,
     config_differences,
@@ -85,6 +88,8 @@ def _new_config(given: dict[str, Any], model_given: dict[str, Any], conditional:
     else:
         given.setdefault("lr_g", LR_UNCONDITIONAL[0])
         given.setdefault("lr_d", LR_UNCONDITIONAL[1])
+    if clusters:  # and re-clusters on D's features
+        given.setdefault("recluster_every", RECLUSTER_EVERY_CLUSTERS)
     try:
         check_image_shape(model_values["image_size"], model_values["channels"], "--image-size", "--channels")
         _check_attention_placement(model_values)
@@ -201,6 +206,8 @@ def apply_clusters(plan: RunPlan, data: TrainingData, log: Log = no_log) -> RunP
     if config.clusters > len(data):
         raise UsageError(f"--clusters {config.clusters} is more than the dataset's {len(data)} images; lower it")
     start = time.perf_counter()
+    if config.recluster_every and plan.checkpoint is not None:  # clusters found on D's features: stored
+        return _resumed_clusters(plan, data, log)
     labels, counts = cluster_images(data.images, config.clusters, config.seed)
     saved = config.model.class_weights
     if saved and saved != counts:
@@ -215,6 +222,28 @@ def apply_clusters(plan: RunPlan, data: TrainingData, log: Log = no_log) -> RunP
     )
     model = replace(config.model, class_weights=counts)
     return replace(plan, config=replace(config, model=model))
+
+
+def _resumed_clusters(plan: RunPlan, data: ImageData, log: Log) -> RunPlan:
+    """A --recluster-every run resumes with the clusters its checkpoint stored (they depend on D's past weights)."""
+    assert plan.checkpoint is not None
+    config = plan.config
+    stored = load_tensors(plan.checkpoint, "clusters").get("labels")  # clusters.LABELS_TENSOR
+    if stored is None or stored.shape != (len(data),):
+        have = "no clusters" if stored is None else f"clusters for {stored.shape[0]} images"
+        raise UsageError(
+            f"--resume {plan.checkpoint}: the checkpoint holds {have}, not for the {len(data)} images loaded now; "
+            "resume with the data the run trained on"
+        )
+    labels = stored.long()
+    valid = len(labels) == 0 or (labels.min() >= 0 and labels.max() < config.clusters)
+    counts = tuple(int(c) for c in torch.bincount(labels, minlength=config.clusters)) if valid else ()
+    if counts != read_checkpoint_info(plan.checkpoint).model.class_weights:
+        raise UsageError(f"--resume {plan.checkpoint}: its stored clusters do not match its model; the file is damaged")
+    data.labels, data.num_classes = labels, config.clusters
+    log(f"resuming with the {config.clusters} clusters stored in {plan.checkpoint.name}")
+    # config.json holds the clusters the run started with; the checkpoint the ones it trains on now.
+    return replace(plan, config=replace(config, model=replace(config.model, class_weights=counts)))
 
 
 def open_run(plan: RunPlan, data: TrainingData, writer: bool = True) -> RunDir:

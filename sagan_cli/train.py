@@ -17,7 +17,7 @@ import signal
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,11 +27,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from . import distributed
 from .augment import augment
 from .checkpoint import load_module_state, load_optimizer_state, read_checkpoint_info, save_checkpoint
+from .clusters import cluster_tensors, recluster_data
 from .config import R1_EVERY, TrainConfig
-from .data import to_model_range
+from .data import ImageData, to_model_range
 from .errors import EXIT_SIGINT, EXIT_SIGTERM, DivergenceError, Interrupted, UsageError
 from .images import make_grid
-from .logs import no_log
+from .logs import Log, no_log
 from .losses import get_loss, mode_seeking, r1_penalty
 from .model import Discriminator, Generator, attention_gammas
 from .precision import Precision, backward_and_step, load_scaler_metadata, resolve_precision, scaler_metadata
@@ -337,6 +338,26 @@ def train_step(
     }
 
 
+def recluster_run(
+    state: TrainState, config: TrainConfig, data: TrainingData, device: torch.device, log: Log
+) -> tuple[TrainConfig, float]:
+    """--recluster-every: the images' clusters again on D's features; returns the config with the new
+    cluster sizes (which the fakes' classes, checkpoints and samples follow) and the seconds it took."""
+    start = time.perf_counter()
+    assert isinstance(data, ImageData)  # runs.apply_clusters refused streamed data
+    model, kept = recluster_data(state.discriminator, data, config.model, device)
+    for module in (state.generator, state.generator_ema, state.discriminator):
+        if module is not None:
+            module.config = model
+    seconds = time.perf_counter() - start
+    sizes = [w for w in model.class_weights if w]
+    log(
+        f"step {state.step}: re-clustered {len(data)} images on D's features in {seconds:.1f} s: "
+        f"{kept:.0%} kept their cluster; {len(sizes)} clusters with images (sizes {min(sizes)}-{max(sizes)})"
+    )
+    return replace(config, model=model), seconds
+
+
 def run_progress(state: TrainState, config: TrainConfig) -> float:
     """How far the run is, 0..1: by steps, or by training time when a --max-minutes budget ends it sooner."""
     progress = state.step / config.max_steps
@@ -392,6 +413,9 @@ def save_training_checkpoint(
     """
     if every_rank:
         distributed.check_replicas_agree(state.generator, state.discriminator)
+    # The models carry the current cluster sizes of a --recluster-every run (recluster_run); a caller's
+    # config may predate the last re-clustering (best.safetensors is saved by a hook built at the start).
+    config = replace(config, model=state.generator.config)
     setup = state.setup or StepSetup(state.generator, state.discriminator)
     extra = {
         "data_source": data.source,
@@ -423,6 +447,7 @@ def save_training_checkpoint(
             optimizer_g=state.optimizer_g,
             optimizer_d=state.optimizer_d,
             extra_metadata={**extra, **(extra_metadata or {})},
+            extra_tensors=cluster_tensors(config, data),
         ),
     )
 
@@ -544,6 +569,10 @@ def _train_loop(
             if grid is not None:  # after the hooks (evaluation), and like them kept out of images/s
                 run.write_curves()
             window_start += time.perf_counter() - hooks_start  # evaluation is not training: kept out of images/s
+            if config.recluster_every and state.step % config.recluster_every == 0 and not last:
+                config, seconds = recluster_run(state, config, data, device, reporter.log)
+                state.train_seconds += seconds  # part of the training's cost (and of its --max-minutes)
+                window_start += seconds  # but not of images/s
             if state.step % config.save_every == 0 and not last:
                 last_checkpoint = save_training_checkpoint(state, config, run, run.step_name(state.step), data)
                 saved_step = state.step

@@ -28,7 +28,7 @@ from .evaluation import Reference, reference_from_data, score_generator
 from .extractors import Extractor, digits_caveat, resolve_extractor
 from .logs import Log
 from .metrics import KEY_FID, KEY_ISC_MEAN, KEY_ISC_STD, cache_dir
-from .model import Generator, ModelConfig
+from .model import Generator
 from .sampling import check_sample_count
 from .streaming import StreamedData, TrainingData, preload_subset
 
@@ -73,7 +73,6 @@ class TrainingEvaluator:
 
     def __init__(self, config: TrainConfig, extractor: Extractor, reference: Reference, cache_folder: Path) -> None:
         self.every = config.eval_every
-        self.model: ModelConfig = config.model
         self.extractor = extractor
         self.reference = reference
         self.cache_folder = cache_folder
@@ -106,8 +105,8 @@ class TrainingEvaluator:
         began = time.perf_counter()
         try:
             with torch.random.fork_rng(devices=[]):
-                results, _ = score_generator(
-                    generator, self.model, self.reference, self.extractor, self.options, self.cache_folder, log
+                results, _ = score_generator(  # generator.config: a --recluster-every run's current cluster sizes
+                    generator, generator.config, self.reference, self.extractor, self.options, self.cache_folder, log
                 )
         finally:
             generator.train(was_training)  # GeneratorInput switches it to eval mode and leaves it there

@@ -9,12 +9,13 @@ import pytest
 import torch
 from conftest import TINY_TRAIN_FLAGS, run_cli
 from test_cli_errors import assert_one_error
+from test_conventions import assert_same_weights
 from test_streaming import png_folder
 
-from sagan_cli.checkpoint import read_checkpoint_info
-from sagan_cli.clusters import cluster_images, kmeans
+from sagan_cli.checkpoint import load_tensors, read_checkpoint_info
+from sagan_cli.clusters import LABELS_TENSOR, cluster_images, discriminator_features, kmeans, recluster
 from sagan_cli.errors import EXIT_USAGE, UsageError
-from sagan_cli.model import ModelConfig
+from sagan_cli.model import Discriminator, ModelConfig
 from sagan_cli.sampling import check_class, sample_labels
 
 
@@ -133,3 +134,87 @@ def test_clustered_runs_train_with_the_conditional_models_rates_and_mode_seeking
         {"dataset": "mnist", "clusters": 7, "lr_g": 4e-4, "mode_seeking": 0.0}, {}, None, check_disk=False
     )
     assert (given.config.lr_g, given.config.mode_seeking) == (4e-4, 0.0)  # given values win
+
+
+def test_clustered_runs_recluster_by_default_and_their_configs_say_so_when_they_do_not(tmp_path: Path) -> None:
+    from sagan_cli.config import RECLUSTER_EVERY_CLUSTERS, TrainConfig
+    from sagan_cli.runs import resolve_new
+
+    clustered = resolve_new({"dataset": "mnist", "clusters": 7}, {}, False, check_disk=False).config
+    assert clustered.recluster_every == RECLUSTER_EVERY_CLUSTERS == 400
+    plain = resolve_new({"dataset": "mnist"}, {}, False, check_disk=False).config
+    assert plain.recluster_every == 0 and "recluster_every" not in plain.to_dict()  # as earlier versions wrote
+    # Turned off, a clustered run's file keeps the 0 (and a conditional run's its mode seeking 0): read back
+    # through --config they would otherwise get the new-run defaults.
+    once = resolve_new({"dataset": "mnist", "clusters": 7, "recluster_every": 0}, {}, False, check_disk=False).config
+    assert once.to_dict()["recluster_every"] == 0
+    no_ms = resolve_new({"dataset": "mnist", "mode_seeking": 0.0}, {}, None, check_disk=False).config
+    assert no_ms.to_dict()["mode_seeking"] == 0.0
+    (tmp_path / "once.json").write_text(once.to_json())
+    result = run_cli("train", "--config", tmp_path / "once.json", "--print-config")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["recluster_every"] == 0
+    assert TrainConfig.from_dict(json.loads(once.to_json())) == once
+
+
+def test_reclustering_starts_from_the_current_clusters_and_keeps_their_numbers() -> None:
+    # Three well-separated groups of feature rows; the current clusters number them 2, 0, 1 and have
+    # misplaced four rows. Re-clustering puts those rows back and keeps every group's number.
+    rng = torch.Generator().manual_seed(0)
+    groups = torch.cat([torch.full((n,), g) for g, n in enumerate((10, 25, 15))])  # (N,)
+    centres = torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])
+    features = centres[groups] + 0.1 * torch.randn(len(groups), 2, generator=rng)  # (N, 2)
+    numbered = torch.tensor([2, 0, 1])[groups]
+    current = numbered.clone()
+    current[[0, 11, 12, 40]] = torch.tensor([0, 1, 2, 0])
+    assert torch.equal(recluster(features, current, 3), numbered)
+    # A cluster with no rows now stays empty rather than stealing another's number.
+    assert torch.equal(recluster(features, numbered, 4), numbered)
+
+
+def test_discriminator_features_are_unit_rows_and_leave_d_as_it_was() -> None:
+    torch.manual_seed(0)
+    discriminator = Discriminator(ModelConfig(image_size=28, channels=1, d_width=8, num_classes=3)).train()
+    before = {k: v.clone() for k, v in discriminator.state_dict().items()}  # spectral-norm vectors included
+    images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
+    features = discriminator_features(discriminator, images, torch.device("cpu"), batch_size=2)
+    with torch.no_grad():
+        feature_map = discriminator.eval().features(images.float() / 127.5 - 1)  # (5, C, 7, 7)
+    discriminator.train()
+    assert features.shape == (5, feature_map.shape[1] * 4 * 4)  # the 7x7 map pooled to 4x4
+    assert torch.allclose(features.norm(dim=1), torch.ones(5))
+    assert discriminator.training
+    assert all(torch.equal(before[k], v) for k, v in discriminator.state_dict().items())
+
+
+def test_a_reclustered_run_logs_stores_its_clusters_and_resumes_exactly(tmp_path: Path) -> None:
+    folder = png_folder(tmp_path / "pngs", count=24)
+    shape = ["--dataset", folder, "--image-size", "28", "--channels", "1", "--out", tmp_path]
+    flags = [*TINY_TRAIN_FLAGS, *shape, "--clusters", "3", "--recluster-every", "2"]
+    whole = run_cli("train", *flags, "--name", "whole", "--max-steps", "5")
+    assert whole.exit_code == 0, whole.stderr
+    assert "step 2: re-clustered 24 images on D's features" in whole.stderr
+    assert "step 4: re-clustered" in whole.stderr
+    final = tmp_path / "whole" / "checkpoints" / "final.safetensors"
+    stored = load_tensors(final, "clusters")["labels"]
+    assert LABELS_TENSOR == "clusters.labels" and stored.shape == (24,)
+    info = read_checkpoint_info(final)
+    assert info.model.class_weights == tuple(int(c) for c in torch.bincount(stored.long(), minlength=3))
+    # Stopped after step 3 (one re-clustering done) and resumed: the same weights and clusters as in one go.
+    part = run_cli("train", *flags, "--name", "part", "--max-steps", "3")
+    assert part.exit_code == 0, part.stderr
+    resumed = run_cli("train", "--resume", tmp_path / "part", "--max-steps", "5")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "resuming with the 3 clusters stored in final.safetensors" in resumed.stderr
+    assert_same_weights(final, tmp_path / "part" / "checkpoints" / "final.safetensors")
+
+
+def test_recluster_every_needs_clusters(tmp_path: Path) -> None:
+    flags = [*TINY_TRAIN_FLAGS, "--out", tmp_path]
+    assert_one_error(
+        run_cli("train", *flags, "--recluster-every", "100"), EXIT_USAGE, "--recluster-every 100", "--clusters"
+    )
+    assert_one_error(
+        run_cli("train", *flags, "--clusters", "3", "--recluster-every", "-1"), EXIT_USAGE, "--recluster-every"
+    )
+    assert not any(tmp_path.glob("*/config.json"))

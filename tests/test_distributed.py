@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,10 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TINY_TRAIN_FLAGS, run_cli
 from safetensors.torch import load_file
 
-from sagan_cli.checkpoint import read_checkpoint_info
+from sagan_cli.checkpoint import load_tensors, read_checkpoint_info
 
 DDP_FLAGS = [*TINY_TRAIN_FLAGS, "--device", "cpu"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
@@ -101,16 +103,23 @@ def test_torchrun_trains_with_the_r1_penalty(tmp_path) -> None:
 
 def test_torchrun_ranks_train_on_the_clusters_one_process_finds(tmp_path) -> None:
     # Every rank clusters the images itself, from the run's seed; the ranks agree only because k-means is
-    # deterministic for a seed, so a two-process run must find exactly the clusters one process finds.
-    flags = [*DDP_FLAGS, "--no-conditional", "--clusters", "5", "--out", tmp_path]
+    # deterministic for a seed, so a two-process run must find exactly the clusters one process finds
+    # (config.json keeps the clusters a run started with).
+    flags = [*DDP_FLAGS, "--no-conditional", "--clusters", "5", "--recluster-every", "2", "--out", tmp_path]
     result = torchrun(*flags, "--name", "two")
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("clustered 10000 images into 5 clusters") == 1  # logged by rank 0 only
     single = run_cli("train", *flags, "--name", "one")
     assert single.exit_code == 0, single.stderr
-    two = read_checkpoint_info(tmp_path / "two" / "checkpoints" / "final.safetensors").model
-    one = read_checkpoint_info(tmp_path / "one" / "checkpoints" / "final.safetensors").model
-    assert two.num_classes == 5 and two.class_weights == one.class_weights and sum(one.class_weights) == 10_000
+    started = [json.loads((tmp_path / name / "config.json").read_text())["model"] for name in ("two", "one")]
+    assert started[0]["class_weights"] == started[1]["class_weights"] and sum(started[0]["class_weights"]) == 10_000
+    # Re-clustering at step 2 reads D, whose weights two processes sum in another order than one: the
+    # clusters may differ in a few images, not more; every rank takes rank 0's (a broadcast).
+    assert result.stderr.count("step 2: re-clustered 10000 images") == 1
+    two_file, one_file = (tmp_path / name / "checkpoints" / "final.safetensors" for name in ("two", "one"))
+    two, one = (load_tensors(path, "clusters")["labels"] for path in (two_file, one_file))
+    assert float((two == one).double().mean()) > 0.9
+    assert read_checkpoint_info(two_file).model.class_weights == tuple(torch.bincount(two.long(), minlength=5).tolist())
 
 
 def test_torchrun_resumes_a_single_process_run(tiny_run, tmp_path) -> None:

@@ -146,8 +146,16 @@ def train(
         None,
         "--clusters",
         help="For unlabelled data: group the images into K k-means clusters before training and train the "
-        "class-conditional model on them, with its learning rates and mode seeking (20 did best on MNIST); "
-        "samples draw clusters by their share of the data (default: 0, off)",
+        "class-conditional model on them, with its learning rates and mode seeking, re-clustering on D's "
+        "features every 400 steps (see --recluster-every; 20 did best on MNIST); samples draw clusters by their "
+        "share of the data (default: 0, off)",
+    ),
+    recluster_every: int | None = typer.Option(
+        None,
+        "--recluster-every",
+        help="With --clusters: cluster the images again every N steps on D's features, starting from the "
+        "current clusters so each keeps its number (self-conditioned GAN); the checkpoint stores each image's "
+        "cluster for --resume; 0 clusters once, on pixels (default: 400 with --clusters, else 0)",
     ),
     augment: str | None = typer.Option(
         None,
