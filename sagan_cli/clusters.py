@@ -13,11 +13,13 @@ Pure torch; deterministic for a seed on a given machine.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from . import distributed
+from .checkpoint import load_tensors
 from .config import TrainConfig
 from .data import ImageData, to_model_range
 from .model import Discriminator, ModelConfig
@@ -27,7 +29,8 @@ FEATURE_SIZE = 16  # images are area-downsampled to at most 16x16 before cluster
 D_FEATURE_SIZE = 4  # D's last feature map is area-downsampled to at most 4x4 before re-clustering
 MAX_ITERATIONS = 50  # Lloyd iterations; clustering stops earlier when no image changes cluster
 CHUNK = 8192  # images per distance computation: bounds memory at CHUNK x K distances
-LABELS_TENSOR = "clusters.labels"  # each image's cluster (N,) int32 in a --recluster-every run's checkpoints
+LABELS_PART = "clusters"  # a --recluster-every run's checkpoints hold each image's cluster (N,) int32 ...
+LABELS_TENSOR = f"{LABELS_PART}.labels"  # ... under this name (written by cluster_tensors, read by stored_clusters)
 
 
 def image_features(images: torch.Tensor) -> torch.Tensor:
@@ -91,11 +94,10 @@ def recluster(features: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Ten
 
     A currently empty cluster starts at the mean of all rows and usually stays empty.
     """
-    counts = torch.bincount(labels, minlength=k).clamp_(min=1).unsqueeze(1).to(features.dtype)  # (K, 1)
+    counts = torch.bincount(labels, minlength=k)  # (K,)
     sums = torch.zeros(k, features.shape[1], dtype=features.dtype).index_add_(0, labels, features)  # (K, F)
-    empty = torch.bincount(labels, minlength=k) == 0
-    sums[empty] = features.mean(dim=0)
-    return _lloyd(features, sums / counts)
+    sums[counts == 0] = features.mean(dim=0)
+    return _lloyd(features, sums / counts.clamp(min=1).unsqueeze(1).to(features.dtype))
 
 
 @torch.no_grad()
@@ -166,3 +168,8 @@ def cluster_tensors(config: TrainConfig, data: object) -> dict[str, torch.Tensor
     if not config.recluster_every or not isinstance(data, ImageData) or data.labels is None:
         return {}
     return {LABELS_TENSOR: data.labels.to(torch.int32)}
+
+
+def stored_clusters(checkpoint: Path) -> torch.Tensor | None:
+    """Each image's cluster (N,) as a checkpoint of a --recluster-every run stored it; None when it holds none."""
+    return load_tensors(checkpoint, LABELS_PART).get(LABELS_TENSOR.removeprefix(f"{LABELS_PART}."))

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_tensors, read_checkpoint_info
-from .clusters import cluster_images
+from .checkpoint import read_checkpoint_info
+from .clusters import cluster_images, stored_clusters
 from .config import (
     AUGMENT_FOLDERS,
     LR_UNCONDITIONAL,
@@ -228,7 +228,7 @@ def _resumed_clusters(plan: RunPlan, data: ImageData, log: Log) -> RunPlan:
     """A --recluster-every run resumes with the clusters its checkpoint stored (they depend on D's past weights)."""
     assert plan.checkpoint is not None
     config = plan.config
-    stored = load_tensors(plan.checkpoint, "clusters").get("labels")  # clusters.LABELS_TENSOR
+    stored = stored_clusters(plan.checkpoint)
     if stored is None or stored.shape != (len(data),):
         have = "no clusters" if stored is None else f"clusters for {stored.shape[0]} images"
         raise UsageError(
