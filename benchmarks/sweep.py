@@ -70,6 +70,8 @@ VARIANTS: dict[str, list[str]] = {
     # ... re-clustered every 400 steps on D's features (self-conditioned GAN, Liu et al. 2020).
     "clusters-k20-re400": [*DEFAULT_UNCOND, "--clusters", "20", "--recluster-every", "400"],
     "clusters-k30-re400": [*DEFAULT_UNCOND, "--clusters", "30", "--recluster-every", "400"],
+    "clusters-k20-re200": [*DEFAULT_UNCOND, "--clusters", "20", "--recluster-every", "200"],
+    "clusters-k30-re200": [*DEFAULT_UNCOND, "--clusters", "30", "--recluster-every", "200"],
     "clusters-k50-fast": [
         *DEFAULT_UNCOND,
         "--clusters",

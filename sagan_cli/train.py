@@ -34,7 +34,7 @@ from .errors import EXIT_SIGINT, EXIT_SIGTERM, DivergenceError, Interrupted, Usa
 from .images import make_grid
 from .logs import Log, no_log
 from .losses import get_loss, mode_seeking, r1_penalty
-from .model import Discriminator, Generator, attention_gammas
+from .model import Discriminator, Generator, ModelConfig, attention_gammas
 from .precision import Precision, backward_and_step, load_scaler_metadata, resolve_precision, scaler_metadata
 from .rundir import BEST_NAME, RunDir
 from .runtime import preferred_memory_format
@@ -383,14 +383,22 @@ def training_done(state: TrainState, config: TrainConfig) -> bool:
     return config.max_minutes is not None and state.train_seconds >= config.max_minutes * 60
 
 
+def preview_labels(model: ModelConfig, n: int) -> torch.Tensor | None:
+    """Classes (n,) of the preview grid: every class in turn, skipping a --clusters run's empty clusters."""
+    if not model.num_classes:
+        return None
+    weights = model.class_weights or (1,) * model.num_classes
+    drawn = torch.tensor([c for c, w in enumerate(weights) if w > 0])  # (C',) classes that saw images
+    return drawn[torch.arange(n) % len(drawn)]
+
+
 def preview_grid(state: TrainState, config: TrainConfig) -> torch.Tensor:
     """A grid from a fixed set of latents (the run's seed), EMA weights when available."""
     generator = state.generator_ema if state.generator_ema is not None else state.generator
     was_training = generator.training
     generator.eval()
     latents = sample_latents(PREVIEW_SAMPLES, config.model.z_dim, config.seed)
-    labels = torch.arange(PREVIEW_SAMPLES) % config.model.num_classes if config.model.num_classes else None
-    images = generate(generator, latents, labels)
+    images = generate(generator, latents, preview_labels(generator.config, PREVIEW_SAMPLES))
     generator.train(was_training)
     return make_grid(images, nrow=8)
 

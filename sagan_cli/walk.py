@@ -96,10 +96,11 @@ def parse_seeds(values: list[str]) -> list[int]:
     return seeds
 
 
-def parse_classes(text: str | None, num_classes: int) -> tuple[int, int] | None:
-    """`--classes 1,7` -> (1, 7), checked against the model."""
+def parse_classes(text: str | None, model: ModelConfig) -> tuple[int, int] | None:
+    """`--classes 1,7` -> (1, 7), checked against the model (in range, and not a cluster no image was in)."""
     if text is None:
         return None
+    num_classes = model.num_classes
     if num_classes == 0:
         raise UsageError(f"--classes {text} given, but the checkpoint is unconditional; drop --classes")
     try:
@@ -112,6 +113,12 @@ def parse_classes(text: str | None, num_classes: int) -> tuple[int, int] | None:
     if bad:
         raise UsageError(
             f"--classes {text}: class {bad[0]} is out of range; this model has classes 0..{num_classes - 1}"
+        )
+    empty = [c for c in values if model.class_weights and model.class_weights[c] == 0]
+    if empty:
+        raise UsageError(
+            f"--classes {text}: class {empty[0]} is an empty cluster of this model (no training image was in it); "
+            "pick clusters with images"
         )
     return values[0], values[1]
 

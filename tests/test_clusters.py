@@ -17,6 +17,8 @@ from sagan_cli.clusters import LABELS_TENSOR, cluster_images, discriminator_feat
 from sagan_cli.errors import EXIT_USAGE, UsageError
 from sagan_cli.model import Discriminator, ModelConfig
 from sagan_cli.sampling import check_class, sample_labels
+from sagan_cli.train import preview_labels
+from sagan_cli.walk import parse_classes
 
 
 def three_blobs(sizes: tuple[int, int, int] = (5, 30, 12)) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,6 +70,16 @@ def test_class_refuses_an_empty_cluster_whose_embedding_never_saw_an_image() -> 
     check_class(1, ModelConfig(num_classes=3))  # models without cluster sizes: every class in range is fine
     with pytest.raises(UsageError, match="--class 1 is an empty cluster"):
         check_class(1, clustered)
+    # interpolate --classes A,B walks between two class embeddings: an untrained one is refused the same way.
+    assert parse_classes("2,0", clustered) == (2, 0)
+    with pytest.raises(UsageError, match="--classes 0,1: class 1 is an empty cluster"):
+        parse_classes("0,1", clustered)
+
+
+def test_preview_grid_shows_every_class_in_turn_but_no_empty_cluster() -> None:
+    assert preview_labels(ModelConfig(num_classes=3), 5).tolist() == [0, 1, 2, 0, 1]
+    assert preview_labels(ModelConfig(num_classes=3, class_weights=(1, 0, 3)), 5).tolist() == [0, 2, 0, 2, 0]
+    assert preview_labels(ModelConfig(), 5) is None
 
 
 def test_class_weights_round_trip_and_stay_out_of_other_models_configs() -> None:

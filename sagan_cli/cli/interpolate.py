@@ -68,7 +68,7 @@ def interpolate(
     check_output_file(output, WALK_SUFFIXES, force)
     generator, info = load_generator(checkpoint, use_ema=ema, device=resolve_device(device))
     check_class(class_index, info.model)
-    class_pair = parse_classes(classes, info.model.num_classes)
+    class_pair = parse_classes(classes, info.model)
     rows = plan_rows(seed_list, info.model, class_index, class_pair)
     method = "lerp" if lerp else "slerp"
     frames = walk(generator, rows, steps, method, truncation)  # (R, T, C, S, S)
