@@ -22,6 +22,7 @@ from .config import (
     LR_UNCONDITIONAL,
     MODE_SEEKING_CONDITIONAL,
     RECLUSTER_EVERY_CLUSTERS,
+    RECLUSTER_UNTIL_CLUSTERS,
     RESUMABLE_OVERRIDES,
     TrainConfig,
     config_differences,
@@ -90,6 +91,7 @@ def _new_config(given: dict[str, Any], model_given: dict[str, Any], conditional:
         given.setdefault("lr_d", LR_UNCONDITIONAL[1])
     if clusters:  # and re-clusters on D's features
         given.setdefault("recluster_every", RECLUSTER_EVERY_CLUSTERS)
+        given.setdefault("recluster_until", RECLUSTER_UNTIL_CLUSTERS)
     try:
         check_image_shape(model_values["image_size"], model_values["channels"], "--image-size", "--channels")
         _check_attention_placement(model_values)

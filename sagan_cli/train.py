@@ -366,6 +366,12 @@ def run_progress(state: TrainState, config: TrainConfig) -> float:
     return min(progress, 1.0)
 
 
+def reclusters_now(state: TrainState, config: TrainConfig) -> bool:
+    """--recluster-every N: every N steps, while the run is within its first --recluster-until fraction."""
+    every = config.recluster_every
+    return bool(every) and state.step % every == 0 and run_progress(state, config) <= config.recluster_until
+
+
 def _set_learning_rates(state: TrainState, config: TrainConfig) -> None:
     """Linear decay to 0 over the last `lr_decay` of the run (the constant rates before it)."""
     if config.lr_decay <= 0:
@@ -577,7 +583,7 @@ def _train_loop(
             if grid is not None:  # after the hooks (evaluation), and like them kept out of images/s
                 run.write_curves()
             window_start += time.perf_counter() - hooks_start  # evaluation is not training: kept out of images/s
-            if config.recluster_every and state.step % config.recluster_every == 0 and not last:
+            if reclusters_now(state, config) and not last:
                 config, seconds = recluster_run(state, config, data, device, reporter.log)
                 state.train_seconds += seconds  # part of the training's cost (and of its --max-minutes)
                 window_start += seconds  # but not of images/s

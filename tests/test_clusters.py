@@ -149,13 +149,15 @@ def test_clustered_runs_train_with_the_conditional_models_rates_and_mode_seeking
 
 
 def test_clustered_runs_recluster_by_default_and_their_configs_say_so_when_they_do_not(tmp_path: Path) -> None:
-    from sagan_cli.config import RECLUSTER_EVERY_CLUSTERS, TrainConfig
+    from sagan_cli.config import RECLUSTER_EVERY_CLUSTERS, RECLUSTER_UNTIL_CLUSTERS, TrainConfig
     from sagan_cli.runs import resolve_new
 
     clustered = resolve_new({"dataset": "mnist", "clusters": 7}, {}, False, check_disk=False).config
     assert clustered.recluster_every == RECLUSTER_EVERY_CLUSTERS == 400
+    assert clustered.to_dict()["recluster_until"] == clustered.recluster_until == RECLUSTER_UNTIL_CLUSTERS
     plain = resolve_new({"dataset": "mnist"}, {}, False, check_disk=False).config
     assert plain.recluster_every == 0 and "recluster_every" not in plain.to_dict()  # as earlier versions wrote
+    assert "recluster_until" not in plain.to_dict()
     # Turned off, a clustered run's file keeps the 0 (and a conditional run's its mode seeking 0): read back
     # through --config they would otherwise get the new-run defaults.
     once = resolve_new({"dataset": "mnist", "clusters": 7, "recluster_every": 0}, {}, False, check_disk=False).config
@@ -199,10 +201,15 @@ def test_discriminator_features_are_unit_rows_and_leave_d_as_it_was() -> None:
     assert all(torch.equal(before[k], v) for k, v in discriminator.state_dict().items())
 
 
-def test_a_reclustered_run_logs_stores_its_clusters_and_resumes_exactly(tmp_path: Path) -> None:
+def reclustered_run_flags(tmp_path: Path, until: str) -> list[str | Path]:
+    """A tiny run on 24 grey PNGs in 3 clusters, re-clustered every 2 steps up to `until` of the run."""
     folder = png_folder(tmp_path / "pngs", count=24)
     shape = ["--dataset", folder, "--image-size", "28", "--channels", "1", "--out", tmp_path]
-    flags = [*TINY_TRAIN_FLAGS, *shape, "--clusters", "3", "--recluster-every", "2"]
+    return [*TINY_TRAIN_FLAGS, *shape, "--clusters", "3", "--recluster-every", "2", "--recluster-until", until]
+
+
+def test_a_reclustered_run_logs_stores_its_clusters_and_resumes_exactly(tmp_path: Path) -> None:
+    flags = reclustered_run_flags(tmp_path, until="1")
     whole = run_cli("train", *flags, "--name", "whole", "--max-steps", "5")
     assert whole.exit_code == 0, whole.stderr
     assert "step 2: re-clustered 24 images on D's features" in whole.stderr
@@ -221,6 +228,15 @@ def test_a_reclustered_run_logs_stores_its_clusters_and_resumes_exactly(tmp_path
     assert_same_weights(final, tmp_path / "part" / "checkpoints" / "final.safetensors")
 
 
+def test_recluster_until_stops_reclustering_after_that_fraction_of_the_run(tmp_path: Path) -> None:
+    result = run_cli("train", *reclustered_run_flags(tmp_path, until="0.5"), "--name", "half", "--max-steps", "7")
+    assert result.exit_code == 0, result.stderr
+    assert "step 2: re-clustered" in result.stderr  # 2/7 of the run
+    assert "step 4: re-clustered" not in result.stderr and "step 6: re-clustered" not in result.stderr
+    config = json.loads((tmp_path / "half" / "config.json").read_text())
+    assert (config["recluster_every"], config["recluster_until"]) == (2, 0.5)
+
+
 def test_recluster_every_needs_clusters(tmp_path: Path) -> None:
     flags = [*TINY_TRAIN_FLAGS, "--out", tmp_path]
     assert_one_error(
@@ -229,4 +245,10 @@ def test_recluster_every_needs_clusters(tmp_path: Path) -> None:
     assert_one_error(
         run_cli("train", *flags, "--clusters", "3", "--recluster-every", "-1"), EXIT_USAGE, "--recluster-every"
     )
+    for bad in ("0", "1.5"):
+        assert_one_error(
+            run_cli("train", *flags, "--clusters", "3", "--recluster-until", bad),
+            EXIT_USAGE,
+            f"--recluster-until {bad}",
+        )
     assert not any(tmp_path.glob("*/config.json"))

@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
-from ..config import LR_UNCONDITIONAL, MODE_SEEKING_CONDITIONAL, R1_EVERY, TrainConfig
+from ..config import (
+    LR_UNCONDITIONAL,
+    MODE_SEEKING_CONDITIONAL,
+    R1_EVERY,
+    RECLUSTER_EVERY_CLUSTERS,
+    RECLUSTER_UNTIL_CLUSTERS,
+    TrainConfig,
+)
 from ..data import DATASETS
 from ..errors import EXIT_FAILURE, Interrupted, UsageError
 from ..model import SUPPORTED_IMAGE_SIZES, ModelConfig, default_attention_resolutions, default_d_width
@@ -147,7 +154,8 @@ def train(
         "--clusters",
         help="For unlabelled data: group the images into K k-means clusters before training and train the "
         "class-conditional model on them, with its learning rates and mode seeking, re-clustering on D's "
-        "features every 400 steps (see --recluster-every; 20 did best on MNIST); samples draw clusters by their "
+        f"features every {RECLUSTER_EVERY_CLUSTERS} steps in the first {RECLUSTER_UNTIL_CLUSTERS:.0%} of the run "
+        "(see --recluster-every, --recluster-until; 30 did best on MNIST); samples draw clusters by their "
         "share of the data (default: 0, off)",
     ),
     recluster_every: int | None = typer.Option(
@@ -155,7 +163,14 @@ def train(
         "--recluster-every",
         help="With --clusters: cluster the images again every N steps on D's features, starting from the "
         "current clusters so each keeps its number (self-conditioned GAN); the checkpoint stores each image's "
-        "cluster for --resume; 0 clusters once, on pixels (default: 400 with --clusters, else 0)",
+        f"cluster for --resume; 0 clusters once, on pixels (default: {RECLUSTER_EVERY_CLUSTERS} with --clusters, else 0)",
+    ),
+    recluster_until: float | None = typer.Option(
+        None,
+        "--recluster-until",
+        help="With --recluster-every: re-cluster only during this first fraction of the run (by --max-steps, or "
+        "--max-minutes when that ends it sooner), then keep the clusters so G settles on them "
+        f"(default: {RECLUSTER_UNTIL_CLUSTERS:g} with --clusters)",
     ),
     augment: str | None = typer.Option(
         None,
