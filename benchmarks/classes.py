@@ -10,6 +10,8 @@ real digits of that class in the classifier's feature space, and its mean over c
 what the overall FID, IS and class accuracy reward instead of punish: a model that draws one digit
 per class (within-class collapse) gets a high IS and full accuracy but a large intra-class FID.
 Classes are the drawn labels for a conditional model, the classifier's predictions otherwise.
+A --clusters model re-clustered during training (its checkpoint stores each image's cluster) also
+gets each cluster's share of its majority digit in the data against among G's samples of it.
 
     python benchmarks/classes.py runs/mnist-attn/checkpoints/final.safetensors -n 10000 --json
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from sagan_cli.clusters import stored_clusters
 from sagan_cli.digits import NUM_CLASSES, fit_to_classifier, load_digits_classifier, uint8_to_model_input
 from sagan_cli.idx import load_bundled_mnist
 from sagan_cli.sampling import sample_from_checkpoint
@@ -63,6 +66,7 @@ def class_report(checkpoint: Path, num_samples: int, seed: int = 0) -> dict[str,
     if labels is not None and info.model.class_weights:  # --clusters: how surely each cluster draws one digit
         majority = sum(int(torch.bincount(predicted[labels == k]).max()) for k in labels.unique())
         report["cluster_purity"] = round(majority / num_samples, 4)
+        report.update(cluster_mix(checkpoint, predicted, labels))
     elif labels is not None:
         groups = labels
         per_class = [float((predicted[labels == k] == k).float().mean()) for k in range(info.model.num_classes)]
@@ -73,6 +77,29 @@ def class_report(checkpoint: Path, num_samples: int, seed: int = 0) -> dict[str,
     report["intra_fid"] = [round(v, 3) for v in intra]
     report["mean_intra_fid"] = round(sum(intra) / len(intra), 3)
     return report
+
+
+def cluster_mix(checkpoint: Path, predicted: torch.Tensor, labels: torch.Tensor) -> dict[str, object]:
+    """For a --recluster-every run on the bundled digits: each training cluster's true-digit mix against the
+    digits G draws for that cluster. Shows whether G reproduces a mixed cluster or draws its majority digit.
+
+    Rows (one per cluster that holds images): [cluster, images, majority digit, its share in the cluster,
+    its share among G's samples of the cluster]. Empty for other checkpoints (clusters not stored)."""
+    stored = stored_clusters(checkpoint)
+    _, truth = load_bundled_mnist()
+    if stored is None or stored.shape != truth.shape:
+        return {}
+    stored = stored.long()
+    rows, kept = [], 0
+    for k in range(int(stored.max()) + 1):
+        digits = torch.bincount(truth[stored == k], minlength=NUM_CLASSES)
+        if digits.sum() == 0 or not (labels == k).any():
+            continue
+        top = int(digits.argmax())
+        kept += int(digits.max())
+        drawn = float((predicted[labels == k] == top).float().mean())
+        rows.append([k, int(digits.sum()), top, round(float(digits.max() / digits.sum()), 3), round(drawn, 3)])
+    return {"training_cluster_purity": round(kept / len(truth), 4), "cluster_mix": rows}
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -117,6 +144,12 @@ def main() -> None:
             )
         line += f", mean intra-class FID {report['mean_intra_fid']}"
         print(line, file=sys.stderr)
+        for k, size, digit, in_data, in_samples in report.get("cluster_mix", []):  # type: ignore[attr-defined]
+            print(
+                f"  cluster {k:3d} ({size} images): {100 * in_data:.0f}% {digit}s in the data, "
+                f"{100 * in_samples:.0f}% of its samples",
+                file=sys.stderr,
+            )
 
 
 if __name__ == "__main__":
