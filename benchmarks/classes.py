@@ -38,6 +38,7 @@ def class_report(checkpoint: Path, num_samples: int, seed: int = 0) -> dict[str,
     if info.model.channels != 1:
         raise SystemExit(f"error: {checkpoint} is an RGB model; the digits classifier needs grey digits")
     classifier = load_digits_classifier()
+    real_images, real_labels = load_bundled_mnist()  # the reference digits: intra-class FID and cluster mixes
     with torch.no_grad():
         pixels = fit_to_classifier(images.float() / 127.5 - 1.0)  # (N, 1, 28, 28) in [-1, 1]
         outputs = [classifier(chunk) for chunk in pixels.split(1000)]
@@ -66,27 +67,29 @@ def class_report(checkpoint: Path, num_samples: int, seed: int = 0) -> dict[str,
     if labels is not None and info.model.class_weights:  # --clusters: how surely each cluster draws one digit
         majority = sum(int(torch.bincount(predicted[labels == k]).max()) for k in labels.unique())
         report["cluster_purity"] = round(majority / num_samples, 4)
-        report.update(cluster_mix(checkpoint, predicted, labels))
+        report.update(cluster_mix(checkpoint, predicted, labels, real_labels))
     elif labels is not None:
         groups = labels
         per_class = [float((predicted[labels == k] == k).float().mean()) for k in range(info.model.num_classes)]
         report["class_accuracy"] = [round(a, 4) for a in per_class]
         report["min_class_accuracy"] = round(min(per_class), 4)
         report["accuracy"] = round(float((predicted == labels).float().mean()), 4)
-    intra = intra_class_fid(features, groups, classifier)
+    intra = intra_class_fid(features, groups, classifier, real_images, real_labels)
     report["intra_fid"] = [round(v, 3) for v in intra]
     report["mean_intra_fid"] = round(sum(intra) / len(intra), 3)
     return report
 
 
-def cluster_mix(checkpoint: Path, predicted: torch.Tensor, labels: torch.Tensor) -> dict[str, object]:
+def cluster_mix(
+    checkpoint: Path, predicted: torch.Tensor, labels: torch.Tensor, truth: torch.Tensor
+) -> dict[str, object]:
     """For a --recluster-every run on the bundled digits: each training cluster's true-digit mix against the
-    digits G draws for that cluster. Shows whether G reproduces a mixed cluster or draws its majority digit.
+    digits G draws for that cluster (`truth`: the bundled digits' labels, the run's training data offline).
+    Shows whether G reproduces a mixed cluster or draws its majority digit.
 
     Rows (one per cluster that holds images): [cluster, images, majority digit, its share in the cluster,
     its share among G's samples of the cluster]. Empty for other checkpoints (clusters not stored)."""
     stored = stored_clusters(checkpoint)
-    _, truth = load_bundled_mnist()
     if stored is None or stored.shape != truth.shape:
         return {}
     stored = stored.long()
@@ -112,9 +115,14 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * eig.sqrt().sum())
 
 
-def intra_class_fid(features: torch.Tensor, groups: torch.Tensor, classifier: torch.nn.Module) -> list[float]:
+def intra_class_fid(
+    features: torch.Tensor,
+    groups: torch.Tensor,
+    classifier: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+) -> list[float]:
     """FID of each class's samples against the bundled real digits of that class (nan if < 2 samples)."""
-    images, labels = load_bundled_mnist()
     with torch.no_grad():
         real = torch.cat([classifier(chunk)[0] for chunk in uint8_to_model_input(images).split(1000)])  # (10000, 128)
     result = []

@@ -128,6 +128,10 @@ class ModelConfig:
         """The attention resolutions of one network, "g" or "d" (none when attention is off or elsewhere)."""
         return self.active_attn_resolutions if self.attention_in in ("both", network) else ()
 
+    def drawn_classes(self) -> tuple[int, ...]:
+        """The classes samples can draw: all of them, or (with class_weights) the clusters that held images."""
+        return tuple(c for c in range(self.num_classes) if not self.class_weights or self.class_weights[c] > 0)
+
     def to_json(self) -> str:
         """Serialise to a JSON string (round-trips through from_json); attention_in only when not "both"
         and class_weights only when set, so the checkpoints of other models stay what earlier versions read."""

@@ -99,12 +99,12 @@ def check_class(class_index: int | None, model: ModelConfig) -> None:
     """--class must name a class of a conditional model, and not a cluster no training image was in."""
     if class_index is None:
         return
-    num_classes, class_weights = model.num_classes, model.class_weights
+    num_classes = model.num_classes
     if num_classes == 0:
         raise UsageError(f"--class {class_index} given, but the checkpoint is unconditional; drop --class")
     if not 0 <= class_index < num_classes:
         raise UsageError(f"--class {class_index} is out of range; this model has classes 0..{num_classes - 1}")
-    if class_weights and class_weights[class_index] == 0:
+    if class_index not in model.drawn_classes():
         raise UsageError(
             f"--class {class_index} is an empty cluster of this model (no training image was in it); "
             "pick a cluster with images"

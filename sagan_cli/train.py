@@ -393,8 +393,7 @@ def preview_labels(model: ModelConfig, n: int) -> torch.Tensor | None:
     """Classes (n,) of the preview grid: every class in turn, skipping a --clusters run's empty clusters."""
     if not model.num_classes:
         return None
-    weights = model.class_weights or (1,) * model.num_classes
-    drawn = torch.tensor([c for c, w in enumerate(weights) if w > 0])  # (C',) classes that saw images
+    drawn = torch.tensor(model.drawn_classes())  # (C',) classes that saw images
     return drawn[torch.arange(n) % len(drawn)]
 
 
