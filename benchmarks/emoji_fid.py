@@ -9,6 +9,7 @@ a fixed seed, on 85% of the images (the other 15% report its accuracy). Then, pe
 - emoji-FID: the Frechet distance between the 128-d penultimate features of N samples and of all
   the training images (lower is better);
 - emoji-IS: exp(E KL(p(y|x) || p(y))) over the 10 categories (the real images' value is the mark);
+- category shares: how often the classifier names each category among the samples (JSON only);
 
 and two reference rows: half of the real images against the other half (the floor at this N),
 and the same half blurred (2x2 average, then upsampled), which must score worse than the floor.
@@ -156,6 +157,7 @@ def report(args: argparse.Namespace) -> list[dict]:
             real_features[first],
             real_features[second],
             real_logits[first],
+            names,
         ),
         _row(
             "real, blurred: half against the other half",
@@ -164,6 +166,7 @@ def report(args: argparse.Namespace) -> list[dict]:
             blurred_features,
             real_features[second],
             blurred_logits,
+            names,
         ),
     ]
     for checkpoint in args.checkpoints:
@@ -171,19 +174,27 @@ def report(args: argparse.Namespace) -> list[dict]:
         if samples.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
             raise SystemExit(f"{checkpoint}: samples are {tuple(samples.shape[1:])}, this extractor takes 3x32x32")
         features, logits = features_and_logits(net, samples)
-        rows.append(_row(str(checkpoint), info.step, len(samples), features, real_features, logits))
+        rows.append(_row(str(checkpoint), info.step, len(samples), features, real_features, logits, names))
     return rows
 
 
 def _row(
-    what: str, step: int | None, n: int, features: torch.Tensor, reference: torch.Tensor, logits: torch.Tensor
+    what: str,
+    step: int | None,
+    n: int,
+    features: torch.Tensor,
+    reference: torch.Tensor,
+    logits: torch.Tensor,
+    names: list[str],
 ) -> dict:
+    shares = torch.bincount(logits.argmax(1), minlength=len(names)).double() / len(logits)
     return {
         "what": what,
         "step": step,
         "n": n,
         "emoji_fid": round(frechet_distance(features, reference), 3),
         "emoji_is": round(inception_score(logits), 3),
+        "category_shares": {name: round(float(share), 4) for name, share in zip(names, shares, strict=True)},
     }
 
 
