@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -133,7 +134,10 @@ def load_or_train(weights: Path, images: torch.Tensor, labels: torch.Tensor, nam
         return net.eval()
     start = time.perf_counter()
     net, accuracy = train_extractor(images, labels, len(names), seed)
-    print(f"trained the extractor in {time.perf_counter() - start:.0f} s: held-out accuracy {accuracy:.3f}", flush=True)
+    print(
+        f"trained the extractor in {time.perf_counter() - start:.0f} s: held-out accuracy {accuracy:.3f}",
+        file=sys.stderr,
+    )
     metadata = {"seed": str(seed), "held_out_accuracy": f"{accuracy:.4f}", "categories": json.dumps(names)}
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(weights), metadata=metadata)
     return net
