@@ -6,7 +6,7 @@ way the digits extractor stands in for Inception on MNIST: a small CNN that lear
 category from `emoji.json` (Smileys & Emotion, People & Body, Flags, ... 10 in all) at 32 px, from
 a fixed seed, on 85% of the images (the other 15% report its accuracy). Then, per checkpoint:
 
-- emoji-FID: the Frechet distance between the 128-d penultimate features of N samples and of all
+- emoji-FID: the Frechet distance (classes.frechet_distance, as for intra-class FID) between the 128-d penultimate features of N samples and of all
   the training images (lower is better);
 - emoji-IS: exp(E KL(p(y|x) || p(y))) over the 10 categories (the real images' value is the mark);
 - category shares: how often the classifier names each category among the samples (JSON only);
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from classes import frechet_distance  # benchmarks/ is on sys.path when this runs as a script
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -109,16 +110,6 @@ def train_extractor(images: torch.Tensor, labels: torch.Tensor, num_classes: int
 def features_and_logits(net: EmojiNet, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     outputs = [net(chunk) for chunk in images.split(500)]
     return torch.cat([f for f, _ in outputs]).double(), torch.cat([lg for _, lg in outputs]).double()
-
-
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """FID between two feature sets (N, D), float64; the matrix square root through eigendecompositions."""
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
-    values, vectors = torch.linalg.eigh(cov_a)
-    root_a = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
-    middle = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()  # tr sqrt(A^1/2 B A^1/2)
-    return float((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * middle)
 
 
 def inception_score(logits: torch.Tensor) -> float:

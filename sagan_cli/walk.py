@@ -114,7 +114,8 @@ def parse_classes(text: str | None, model: ModelConfig) -> tuple[int, int] | Non
         raise UsageError(
             f"--classes {text}: class {bad[0]} is out of range; this model has classes 0..{num_classes - 1}"
         )
-    empty = [c for c in values if c not in model.drawn_classes()]
+    drawn = model.drawn_classes()
+    empty = [c for c in values if c not in drawn]
     if empty:
         raise UsageError(
             f"--classes {text}: class {empty[0]} is an empty cluster of this model (no training image was in it); "
