@@ -9,6 +9,9 @@ a fixed seed, on 85% of the images (the other 15% report its accuracy). Then, pe
 - emoji-FID: the Frechet distance (classes.frechet_distance, as for intra-class FID) between the 128-d penultimate features of N samples and of all
   the training images (lower is better);
 - emoji-IS: exp(E KL(p(y|x) || p(y))) over the 10 categories (the real images' value is the mark);
+- the two halves of log emoji-IS: H(p(y)), how evenly the samples spread over the categories, and
+  E H(p(y|x)), how unsure the classifier is of each sample (so a model that over-draws rare
+  categories can gain IS without drawing any emoji better);
 - category shares: how often the classifier names each category among the samples (JSON only);
 
 and two reference rows: half of the real images against the other half (the floor at this N),
@@ -118,6 +121,18 @@ def inception_score(logits: torch.Tensor) -> float:
     return float((p * (p.clamp(min=1e-12).log() - marginal.log())).sum(1).mean().exp())
 
 
+def entropies(logits: torch.Tensor) -> tuple[float, float]:
+    """(H(p(y)), E H(p(y|x))) in nats: log IS is the first minus the second.
+
+    The first is how evenly the samples spread over the categories (the real images' value is the
+    mark, not the maximum), the second how unsure the classifier is of each sample (lower is surer).
+    """
+    p = logits.softmax(1)
+    marginal = p.mean(0)
+    per_sample = -(p * p.clamp(min=1e-12).log()).sum(1).mean()
+    return float(-(marginal * marginal.clamp(min=1e-12).log()).sum()), float(per_sample)
+
+
 def load_or_train(weights: Path, images: torch.Tensor, labels: torch.Tensor, names: list[str], seed: int) -> EmojiNet:
     net = EmojiNet(len(names))
     if weights.exists():
@@ -183,12 +198,15 @@ def _row(
     names: list[str],
 ) -> dict:
     shares = torch.bincount(logits.argmax(1), minlength=len(names)).double() / len(logits)
+    mix_entropy, sample_entropy = entropies(logits)
     return {
         "what": what,
         "step": step,
         "n": n,
         "emoji_fid": round(frechet_distance(features, reference), 3),
         "emoji_is": round(inception_score(logits), 3),
+        "mix_entropy": round(mix_entropy, 4),
+        "sample_entropy": round(sample_entropy, 4),
         "category_shares": {name: round(float(share), 4) for name, share in zip(names, shares, strict=True)},
     }
 
@@ -209,10 +227,13 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=1))
         return
-    print(f"{'step':>6}  {'n':>5}  {'FID':>8}  {'IS':>6}  what")
+    print(f"{'step':>6}  {'n':>5}  {'FID':>8}  {'IS':>6}  {'H(y)':>6}  {'H(y|x)':>6}  what")
     for row in rows:
         step = "-" if row["step"] is None else str(row["step"])
-        print(f"{step:>6}  {row['n']:>5}  {row['emoji_fid']:8.3f}  {row['emoji_is']:6.3f}  {row['what']}")
+        print(
+            f"{step:>6}  {row['n']:>5}  {row['emoji_fid']:8.3f}  {row['emoji_is']:6.3f}  "
+            f"{row['mix_entropy']:6.3f}  {row['sample_entropy']:6.3f}  {row['what']}"
+        )
 
 
 if __name__ == "__main__":
