@@ -72,6 +72,14 @@ RECLUSTER_EVERY_CLUSTERS = 400
 # (its clusters were purest there) raised 30-cluster digits-IS from 9.31 / 9.38 to 9.58 / 9.44 and brought every
 # digit into 8-12% of the samples (two seeds, docs/results.md). The dataclass default 1.0 re-clusters to the end.
 RECLUSTER_UNTIL_CLUSTERS = 0.6
+# The --clusters a new unconditional run (a folder, celeba, --no-conditional) gets unless given: unlabelled
+# images trained as 30 k-means clusters, re-clustered on D's features (self-conditioned GAN). Against the plain
+# unconditional model, two seeds each: digits-IS 9.44-9.58 against 8.19-8.24 and digits-FID 0.91-1.23 against
+# 2.53-2.60; on the 3,786 Noto emoji, emoji-FID 4.70-4.84 against 7.12-7.30 (docs/results.md). Data of fewer
+# than CLUSTERS_MIN_IMAGES images (about 100 per cluster; 100 digits per cluster did worse than none), or
+# streamed from disk, trains the plain model instead (runs.apply_clusters says so).
+CLUSTERS_UNLABELLED = 30
+CLUSTERS_MIN_IMAGES = 3000
 # --r1 is applied lazily (StyleGAN2): every R1_EVERY steps, weighted by R1_EVERY, so it costs about
 # one extra D backward in R1_EVERY steps.
 R1_EVERY = 16
@@ -79,6 +87,8 @@ R1_EVERY = 16
 # An unconditional G learns far more per step at 4e-4 / 4e-4 than at the conditional 2e-4 / 8e-4: digits-FID
 # 2.6 / 2.5 against 6.4 / 6.6 at 2,800 steps, two seeds (docs/results.md). The dataclass defaults stay the
 # conditional ones, which every run written before this trained with (lr_g and lr_d are always saved).
+# Clustered runs on a folder get them too: on the emoji, emoji-FID 4.84 / 4.70 against 4.89 / 7.38 at the
+# conditional rates that clustered digits want (two seeds, docs/results.md).
 LR_UNCONDITIONAL = (4e-4, 4e-4)
 # The DiffAugment policy a new run on an image folder gets unless --augment is given (runs._new_config).
 # On the 3,786 Noto emoji at 32 px, D memorised the folder without it: blank samples 3.5% / 5.8% at
@@ -149,9 +159,15 @@ class TrainConfig:
         data = asdict(self)
         data["model"] = json.loads(self.model.to_json())
         # Kept where a new run of this kind would get another default (runs._new_config): a conditional
-        # run's mode seeking 0 and a clustered run's re-clustering 0 must say so, or --config would undo them.
+        # run's mode seeking 0, a clustered run's re-clustering 0 and a plain unconditional run's clusters 0
+        # must say so, or --config would undo them.
         clustered = self.clusters > 0
-        kept = {"mode_seeking": self.model.num_classes > 0, "recluster_every": clustered, "recluster_until": clustered}
+        kept = {
+            "mode_seeking": self.model.num_classes > 0,
+            "recluster_every": clustered,
+            "recluster_until": clustered,
+            "clusters": self.model.num_classes == 0,  # a plain unconditional run: --config must not cluster it
+        }
         for key in () if every_key else OMITTED_AT_DEFAULT:
             if data[key] == getattr(DEFAULTS_FOR_OMISSION, key) and not kept.get(key, False):
                 # Written only when it is not the default: configs and checkpoints of runs that do not

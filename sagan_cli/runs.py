@@ -19,6 +19,8 @@ from .checkpoint import read_checkpoint_info
 from .clusters import cluster_images, stored_clusters
 from .config import (
     AUGMENT_FOLDERS,
+    CLUSTERS_MIN_IMAGES,
+    CLUSTERS_UNLABELLED,
     LR_UNCONDITIONAL,
     MODE_SEEKING_CONDITIONAL,
     RECLUSTER_EVERY_CLUSTERS,
@@ -44,6 +46,9 @@ class RunPlan:
     path: Path
     checkpoint: Path | None = None
     force: bool = False
+    # A new unconditional run clustered by default (no --clusters given): its config without clusters, which
+    # apply_clusters trains instead when the data turns out too small or streamed.
+    plain: TrainConfig | None = None
 
 
 def resolve_new(
@@ -61,32 +66,38 @@ def resolve_new(
     out/<dataset>-<attn|noattn>[-N]. `check_disk=False` (non-writing ranks) skips the folder checks.
     """
     config = _new_config(dict(given), model_given, conditional)
+    plain = None
+    if config.clusters and "clusters" not in given:
+        plain = _new_config({**given, "clusters": 0}, model_given, conditional)
     out = RUNS_ROOT if out is None else Path(out)
     base = name or f"{Path(config.dataset).name or 'data'}-{'attn' if config.model.attention else 'noattn'}"
     path = out / base if name else unique_run_path(out, base)
     if check_disk:
         RunDir.check_new(path, force)
-    return RunPlan(config, path, None, force)
+    return RunPlan(config, path, None, force, plain)
 
 
 def _new_config(given: dict[str, Any], model_given: dict[str, Any], conditional: bool | None) -> TrainConfig:
     dataset = given.get("dataset", TrainConfig().dataset)
     channels, image_size, num_classes = native_shape(dataset)
-    clusters = given.get("clusters", 0)
+    clusters = given.get("clusters")
     if clusters and conditional:
         raise UsageError(
             f"--clusters {clusters} trains on clusters instead of the dataset's labels; drop --conditional"
         )
     if conditional is None:  # default: class-conditional whenever the data has labels (docs/results.md)
         conditional = num_classes > 0 and not clusters
+    if clusters is None:  # unlabelled data (or labels not used) trains on clusters of the images by default
+        clusters = given["clusters"] = 0 if conditional else CLUSTERS_UNLABELLED
+    folder = is_folder_dataset(dataset)
     if conditional and num_classes == 0:
         labelled = ", ".join(name for name, spec in DATASETS.items() if spec.num_classes)
         raise UsageError(f"--conditional needs a labelled dataset ({labelled}); {dataset!r} has no labels")
     model_values = {"image_size": image_size, "channels": channels, **model_given}
     model_values["num_classes"] = num_classes if conditional else max(clusters, 0)  # validate() checks clusters
-    if conditional or clusters:  # a clustered run trains the conditional model: its rates and mode seeking
+    if conditional or clusters:  # a clustered run trains the conditional model: its mode seeking
         given.setdefault("mode_seeking", MODE_SEEKING_CONDITIONAL)
-    else:
+    if folder or not (conditional or clusters):  # and on a folder, clustered or not, the unconditional rates
         given.setdefault("lr_g", LR_UNCONDITIONAL[0])
         given.setdefault("lr_d", LR_UNCONDITIONAL[1])
     if clusters:  # and re-clusters on D's features
@@ -98,7 +109,7 @@ def _new_config(given: dict[str, Any], model_given: dict[str, Any], conditional:
         model = ModelConfig(**model_values)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if is_folder_dataset(dataset):  # stored absolute: a resume from another working directory finds it
+    if folder:  # stored absolute: a resume from another working directory finds it
         given["dataset"] = str(Path(dataset).expanduser().absolute())
         given.setdefault("augment", AUGMENT_FOLDERS)  # a user's folder is small enough for D to memorise
     return TrainConfig(**{**given, "model": model}).validate()
@@ -200,6 +211,19 @@ def apply_clusters(plan: RunPlan, data: TrainingData, log: Log = no_log) -> RunP
     config = plan.config
     if not config.clusters:
         return plan
+    if plan.plain is not None:  # clustered by default: only data that can be clustered well
+        if not isinstance(data, ImageData):
+            why, fix = "is streamed from disk", "--data-mode memory clusters it"
+        elif len(data) < CLUSTERS_MIN_IMAGES:
+            why, fix = f"has {len(data):,} images, fewer than {CLUSTERS_MIN_IMAGES:,}", "--clusters K asks anyway"
+        else:
+            why = fix = ""
+        if why:
+            log(
+                f"training the plain unconditional model: {config.dataset} {why}, so it is not split into "
+                f"{config.clusters} clusters ({fix})"
+            )
+            return replace(plan, config=plan.plain, plain=None)
     if not isinstance(data, ImageData):
         raise UsageError(
             f"--clusters {config.clusters} needs the images in memory, but {config.dataset} is streamed from disk; "

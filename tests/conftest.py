@@ -41,9 +41,9 @@ def run_cli(*args: str):
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished 4-step unconditional MNIST run (bundled digits, attention on); returns its run directory."""
+    """A finished 4-step plain unconditional MNIST run (bundled digits, attention on); returns its run directory."""
     out = tmp_path_factory.mktemp("runs")
-    result = run_cli("train", *TINY_TRAIN_FLAGS, "--no-conditional", "--out", out, "--name", "tiny")
+    result = run_cli("train", *TINY_TRAIN_FLAGS, "--no-conditional", "--clusters", "0", "--out", out, "--name", "tiny")
     assert result.exit_code == 0, result.stderr
     return out / "tiny"
 

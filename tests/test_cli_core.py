@@ -99,12 +99,16 @@ def test_labelled_data_trains_class_conditional_by_default_and_samples_by_class(
     assert labels is not None and torch.bincount(labels, minlength=10).min() > 900
 
 
-def test_no_conditional_trains_an_unconditional_model_on_labelled_data(tmp_path: Path) -> None:
-    result = run_cli(
-        "train", *TINY_TRAIN_FLAGS, "--max-steps", "1", "--no-conditional", "--out", tmp_path, "--name", "u"
-    )
+def test_no_conditional_trains_on_clusters_of_the_images_not_their_labels(tmp_path: Path) -> None:
+    flags = [*TINY_TRAIN_FLAGS, "--max-steps", "1", "--no-conditional", "--out", tmp_path]
+    result = run_cli("train", *flags, "--name", "u")
     assert result.exit_code == 0, result.stderr
-    assert read_checkpoint_info(Path(result.stdout.strip())).model.num_classes == 0
+    assert "clustered 10000 images into 30 clusters" in result.stderr
+    model = read_checkpoint_info(Path(result.stdout.strip())).model
+    assert model.num_classes == 30 and sum(model.class_weights) == 10000
+    plain = run_cli("train", *flags, "--clusters", "0", "--name", "plain")
+    assert plain.exit_code == 0, plain.stderr
+    assert read_checkpoint_info(Path(plain.stdout.strip())).model.num_classes == 0
 
 
 def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:

@@ -50,6 +50,8 @@ def resumable_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "train",
         *TINY,
         "--no-conditional",
+        "--clusters",
+        "0",
         "--max-steps",
         "3",
         "--save-every",

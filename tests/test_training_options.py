@@ -267,7 +267,9 @@ def test_new_conditional_runs_seek_modes_by_default_and_older_runs_keep_training
     from sagan_cli.runs import resolve_new
 
     conditional = resolve_new({"dataset": "mnist", "download": False}, {}, None, check_disk=False).config
-    unconditional = resolve_new({"dataset": "mnist", "download": False}, {}, False, check_disk=False).config
+    unconditional = resolve_new(
+        {"dataset": "mnist", "download": False, "clusters": 0}, {}, False, check_disk=False
+    ).config
     chosen = resolve_new({"dataset": "mnist", "mode_seeking": 0.0}, {}, None, check_disk=False).config
     assert conditional.model.num_classes == 10 and conditional.mode_seeking == MODE_SEEKING_CONDITIONAL > 0
     assert unconditional.mode_seeking == 0 and chosen.mode_seeking == 0
@@ -283,8 +285,10 @@ def test_new_unconditional_runs_get_the_faster_learning_rates_unless_given() -> 
     from sagan_cli.runs import resolve_new
 
     conditional = resolve_new({"dataset": "mnist", "download": False}, {}, None, check_disk=False).config
-    unconditional = resolve_new({"dataset": "mnist", "download": False}, {}, False, check_disk=False).config
-    chosen = resolve_new({"dataset": "mnist", "lr_g": 1e-4}, {}, False, check_disk=False).config
+    unconditional = resolve_new(
+        {"dataset": "mnist", "download": False, "clusters": 0}, {}, False, check_disk=False
+    ).config
+    chosen = resolve_new({"dataset": "mnist", "lr_g": 1e-4, "clusters": 0}, {}, False, check_disk=False).config
     assert (conditional.lr_g, conditional.lr_d) == (TrainConfig().lr_g, TrainConfig().lr_d)
     assert (unconditional.lr_g, unconditional.lr_d) == LR_UNCONDITIONAL != (conditional.lr_g, conditional.lr_d)
     assert (chosen.lr_g, chosen.lr_d) == (1e-4, LR_UNCONDITIONAL[1])  # a given rate wins; the other keeps its default

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import typer
 
 from ..config import (
+    CLUSTERS_MIN_IMAGES,
+    CLUSTERS_UNLABELLED,
     LR_UNCONDITIONAL,
     MODE_SEEKING_CONDITIONAL,
     R1_EVERY,
@@ -99,7 +101,8 @@ def train(
         None,
         "--conditional/--no-conditional",
         help="Class-conditional (conditional BN in G, projection D); "
-        "default: on for labelled datasets (mnist, fashion-mnist, cifar10), off for folders",
+        "default: on for labelled datasets (mnist, fashion-mnist, cifar10), off for folders; without labels "
+        "a run trains on clusters of the images instead (see --clusters)",
     ),
     image_size: int | None = typer.Option(
         None, "--image-size", help=f"One of {', '.join(map(str, SUPPORTED_IMAGE_SIZES))} (default: the dataset's)"
@@ -120,13 +123,13 @@ def train(
         None,
         "--lr-g",
         help=f"Generator Adam learning rate (default: {DEFAULTS.lr_g:g} class-conditional, "
-        f"{LR_UNCONDITIONAL[0]:g} unconditional)",
+        f"{LR_UNCONDITIONAL[0]:g} unconditional and on folders)",
     ),
     lr_d: float | None = typer.Option(
         None,
         "--lr-d",
         help=f"Discriminator Adam learning rate (default: {DEFAULTS.lr_d:g} class-conditional, "
-        f"{LR_UNCONDITIONAL[1]:g} unconditional)",
+        f"{LR_UNCONDITIONAL[1]:g} unconditional and on folders)",
     ),
     beta1: float | None = typer.Option(None, "--beta1", help=_default("beta1")),
     beta2: float | None = typer.Option(None, "--beta2", help=_default("beta2")),
@@ -153,10 +156,12 @@ def train(
         None,
         "--clusters",
         help="For unlabelled data: group the images into K k-means clusters before training and train the "
-        "class-conditional model on them, with its learning rates and mode seeking, re-clustering on D's "
-        f"features every {RECLUSTER_EVERY_CLUSTERS} steps in the first {RECLUSTER_UNTIL_CLUSTERS:.0%} of the run "
-        "(see --recluster-every, --recluster-until; 30 did best on MNIST); samples draw clusters by their "
-        "share of the data (default: 0, off)",
+        "class-conditional model on them, with its mode seeking (and, on built-in datasets, its learning "
+        f"rates), re-clustering on D's features every {RECLUSTER_EVERY_CLUSTERS} steps in the first "
+        f"{RECLUSTER_UNTIL_CLUSTERS:.0%} of the run (see --recluster-every, --recluster-until); samples draw "
+        f"clusters by their share of the data; 0 trains the plain unconditional model (default: "
+        f"{CLUSTERS_UNLABELLED} for folders, celeba and --no-conditional when the data has at least "
+        f"{CLUSTERS_MIN_IMAGES:,} images held in memory, else 0)",
     ),
     recluster_every: int | None = typer.Option(
         None,
