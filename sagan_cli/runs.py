@@ -67,8 +67,9 @@ def resolve_new(
     """
     config = _new_config(dict(given), model_given, conditional)
     plain = None
-    if config.clusters and "clusters" not in given:
-        plain = _new_config({**given, "clusters": 0}, model_given, conditional)
+    if config.clusters and "clusters" not in given:  # re-clustering options apply to the clustered run only
+        unclustered = {k: v for k, v in given.items() if k not in ("recluster_every", "recluster_until")}
+        plain = _new_config({**unclustered, "clusters": 0}, model_given, conditional)
     out = RUNS_ROOT if out is None else Path(out)
     base = name or f"{Path(config.dataset).name or 'data'}-{'attn' if config.model.attention else 'noattn'}"
     path = out / base if name else unique_run_path(out, base)

@@ -163,11 +163,16 @@ def test_unlabelled_runs_train_on_30_clusters_by_default_and_clusters_0_is_the_p
     assert folder.config.clusters == CLUSTERS_UNLABELLED and folder.plain is not None
     assert (folder.config.lr_g, folder.config.lr_d) == LR_UNCONDITIONAL  # the rates that won on the emoji
     assert (folder.config.mode_seeking, folder.config.augment) == (MODE_SEEKING_CONDITIONAL, "translation")
+    tuned = resolve_new({"dataset": "mnist", "recluster_every": 200}, {}, False, check_disk=False)
+    assert tuned.config.recluster_every == 200 and tuned.plain is not None and tuned.plain.recluster_every == 0
     labelled = resolve_new({"dataset": "mnist"}, {}, None, check_disk=False)
     assert labelled.config.clusters == 0 and labelled.config.model.num_classes == 10 and labelled.plain is None
     asked = resolve_new({"dataset": "mnist", "clusters": 0}, {}, False, check_disk=False)
     assert asked.config.model.num_classes == 0 and asked.plain is None
     assert asked.config.to_dict()["clusters"] == 0  # so --config of its config.json trains the plain model again
+    older = asked.config.to_dict()
+    del older["clusters"]  # a plain run's config.json from before the default: it resumes plain
+    assert TrainConfig.from_dict(older).clusters == TrainConfig.from_dict(older).model.num_classes == 0
     (tmp_path / "plain.json").write_text(asked.config.to_json())
     again = run_cli("train", "--config", tmp_path / "plain.json", "--print-config")
     assert again.exit_code == 0, again.stderr
