@@ -1,7 +1,8 @@
 """A score for colour models offline: FID and IS in the features of a classifier trained on the emoji.
 
 FID / IS on RGB normally use torch-fidelity's Inception weights, which cannot be fetched here. For
-the Noto emoji (docs/results.md, "Colour images") this script trains its own extractor instead, the
+the Noto emoji (docs/results.md, "Colour images"; Twemoji, npm emoji-datasource-twitter, the same
+way with its own weights) this script trains its own extractor instead, the
 way the digits extractor stands in for Inception on MNIST: a small CNN that learns each emoji's
 category from `emoji.json` (Smileys & Emotion, People & Body, Flags, ... 10 in all) at 32 px, from
 a fixed seed, on 85% of the images (the other 15% report its accuracy). Then, per checkpoint:
@@ -213,7 +214,9 @@ def _row(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", type=Path, help="package/img/google/64 of emoji-datasource-google")
+    parser.add_argument(
+        "folder", type=Path, help="package/img/google/64 of emoji-datasource-google (or img/twitter/64 of -twitter)"
+    )
     parser.add_argument("checkpoints", type=Path, nargs="*", help="checkpoints of 32 px runs on that folder")
     parser.add_argument("--emoji-json", type=Path, required=True, help="package/emoji.json (the categories)")
     parser.add_argument(
