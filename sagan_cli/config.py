@@ -75,7 +75,8 @@ RECLUSTER_UNTIL_CLUSTERS = 0.6
 # The --clusters a new unconditional run (a folder, celeba, --no-conditional) gets unless given: unlabelled
 # images trained as 30 k-means clusters, re-clustered on D's features (self-conditioned GAN). Against the plain
 # unconditional model, two seeds each: digits-IS 9.44-9.58 against 8.19-8.24 and digits-FID 0.91-1.23 against
-# 2.53-2.60; on the 3,786 Noto emoji, emoji-FID 4.70-4.84 against 7.12-7.30 (docs/results.md). Data of fewer
+# 2.53-2.60; on the 3,786 Noto emoji, emoji-FID 4.70-5.12 against 6.45-7.30 (three seeds), on Twemoji 4.76-6.32
+# against 11.18-11.34 with surer samples (two seeds; docs/results.md). Data of fewer
 # than CLUSTERS_MIN_IMAGES images (about 100 per cluster; 100 digits per cluster did worse than none), or
 # streamed from disk, trains the plain model instead (runs.apply_clusters says so).
 CLUSTERS_UNLABELLED = 30
@@ -87,7 +88,7 @@ R1_EVERY = 16
 # An unconditional G learns far more per step at 4e-4 / 4e-4 than at the conditional 2e-4 / 8e-4: digits-FID
 # 2.6 / 2.5 against 6.4 / 6.6 at 2,800 steps, two seeds (docs/results.md). The dataclass defaults stay the
 # conditional ones, which every run written before this trained with (lr_g and lr_d are always saved).
-# Clustered runs on a folder get them too: on the emoji, emoji-FID 4.84 / 4.70 against 4.89 / 7.38 at the
+# Clustered runs on a folder get them too: on the Noto emoji, emoji-FID 4.84 / 4.70 against 4.89 / 7.38 at the
 # conditional rates that clustered digits want (two seeds, docs/results.md).
 LR_UNCONDITIONAL = (4e-4, 4e-4)
 # The DiffAugment policy a new run on an image folder gets unless --augment is given (runs._new_config).
