@@ -31,12 +31,12 @@ from classes import class_report
 from quality import score_runs
 
 COND = ["--dataset", "mnist", "--conditional", "--attention"]
-UNCOND = ["--dataset", "mnist", "--no-conditional", "--clusters", "0", "--attention"]  # the plain model, as measured
 
 # name -> flags of `sagan train` (besides --seed, --max-minutes and the checkpointing flags).
 DEFAULT_UNCOND = ["--dataset", "mnist", "--attention", "--no-conditional"]
-# The plain unconditional model: what --no-conditional trained before it clustered by default (the rows of the
-# default-uncond-* levers below were measured on it, and so was default-uncond before 30 clusters became its default).
+# The plain unconditional model: what --no-conditional trained before it clustered by default (the first sweep's
+# u-* rows and the default-uncond-* levers below were measured on it, and so was default-uncond before 30 clusters
+# became its default).
 PLAIN_UNCOND = [*DEFAULT_UNCOND, "--clusters", "0"]
 ONCE = ["--recluster-every", "0"]  # clustered once, on pixels: how the first --clusters rows were measured
 VARIANTS: dict[str, list[str]] = {
@@ -135,13 +135,13 @@ VARIANTS: dict[str, list[str]] = {
     "d32-lr2-b32": [*COND, "--d-width", "32", "--lr-g", "2e-4", "--lr-d", "4e-4", "--batch-size", "32"],
     "d32-lr2-decay": [*COND, "--d-width", "32", "--lr-g", "2e-4", "--lr-d", "4e-4", "--lr-decay", "0.3"],
     "d32-lr2-noattn": [*COND[:-1], "--no-attention", "--d-width", "32", "--lr-g", "2e-4", "--lr-d", "4e-4"],
-    "u-base": [*UNCOND, "--d-width", "64", "--lr-g", "1e-4", "--lr-d", "4e-4"],
-    "u-d32-lr2": [*UNCOND, "--d-width", "32", "--lr-g", "2e-4", "--lr-d", "4e-4"],
-    "u-d32-lr44": [*UNCOND, "--d-width", "32", "--lr-g", "4e-4", "--lr-d", "4e-4"],
+    "u-base": [*PLAIN_UNCOND, "--d-width", "64", "--lr-g", "1e-4", "--lr-d", "4e-4"],
+    "u-d32-lr2": [*PLAIN_UNCOND, "--d-width", "32", "--lr-g", "2e-4", "--lr-d", "4e-4"],
+    "u-d32-lr44": [*PLAIN_UNCOND, "--d-width", "32", "--lr-g", "4e-4", "--lr-d", "4e-4"],
     "d32-lr44-noattn": [*COND[:-1], "--no-attention", "--d-width", "32", "--lr-g", "4e-4", "--lr-d", "4e-4"],
-    "u-d64-lr2": [*UNCOND, "--d-width", "64", "--lr-g", "2e-4", "--lr-d", "4e-4"],
-    "u-d32-lr28": [*UNCOND, "--d-width", "32", "--lr-g", "2e-4", "--lr-d", "8e-4"],
-    "u-d32-lr2-aug": [*UNCOND, "--d-width", "32", "--lr-g", "2e-4", "--lr-d", "4e-4", "--augment", "translation"],
+    "u-d64-lr2": [*PLAIN_UNCOND, "--d-width", "64", "--lr-g", "2e-4", "--lr-d", "4e-4"],
+    "u-d32-lr28": [*PLAIN_UNCOND, "--d-width", "32", "--lr-g", "2e-4", "--lr-d", "8e-4"],
+    "u-d32-lr2-aug": [*PLAIN_UNCOND, "--d-width", "32", "--lr-g", "2e-4", "--lr-d", "4e-4", "--augment", "translation"],
 }
 
 
